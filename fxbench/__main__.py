@@ -1,0 +1,5 @@
+"""`python -m fxbench` runs the CLI."""
+
+from fxbench.cli import main
+
+main()

@@ -1,0 +1,245 @@
+"""The `fxbench` command line: typer commands over models, passes, exporters and runtime."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fxbench.errors import FxbenchError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Capture a model as an FX graph, transform it with verified passes, export and benchmark it.",
+    pretty_exceptions_enable=False,
+)
+passes_app = typer.Typer(no_args_is_help=True, help="The pass library.")
+app.add_typer(passes_app, name="passes")
+
+# Piped output gets a wide console: rich's 80-column default folds tables and step lines.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notes) would bury fxbench's own lines."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("torch", "torch._dynamo", "torch.export", "torch.onnx", "torch.utils._pytree", "transformers", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+
+
+def _fail(exc: FxbenchError) -> None:
+    # Plain print, not rich: rich wraps at the terminal width, and the error must stay one line.
+    print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+    raise typer.Exit(exc.exit_code)
+
+
+class _Progress:
+    """Step lines on stderr: a spinner while a step runs, a tick and its detail when it ends."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.started: dict[str, float] = {}
+        self.status = None
+
+    def __call__(self, step: str, status: str, detail: str) -> None:
+        if not self.enabled:
+            return
+        if status == "start":
+            self.started[step] = time.perf_counter()
+            if self.status is None:
+                self.status = err.status(f"{step}...")
+                self.status.start()
+            else:
+                self.status.update(f"{step}...")
+            return
+        seconds = time.perf_counter() - self.started.pop(step, time.perf_counter())
+        if status == "fail":
+            detail = ""  # the error line that follows says why
+        mark = {"done": "[green]✓[/]", "skip": "[yellow]-[/]"}.get(status, "[red]✗[/]")
+        err.print(f"{mark} {step:<40} {detail}  [dim]{seconds:.1f}s[/]")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.replace("-", ":").split(":"))
+    except ValueError:
+        raise FxbenchError(f"bad --{what}-range {text!r}; expected MIN:MAX such as 1:64") from None
+    return lo, hi
+
+
+ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench[demo]).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task head to load (default: from the config's architectures).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+@app.command()
+def optimize(
+    model: ModelArg = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: fxbench-out/<model>).")] = None,
+    task: TaskOpt = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="Named pipeline (see `fxbench passes list`); default O1.")] = None,
+    passes: Annotated[Optional[list[str]], typer.Option("--passes", "--pass", help="NAME[:opt=v,...] adds or re-options a pass, -NAME removes one; repeatable; ';' separates several.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="A pass that breaks the tolerance is an error, not a rollback.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+    batch: Annotated[int, typer.Option("--batch", help="Sample batch size for capture and checks.")] = 2,
+    seq: Annotated[int, typer.Option("--seq", help="Sample sequence length for text models.")] = 16,
+    batch_range: Annotated[str, typer.Option("--batch-range", help="Dynamic batch range MIN:MAX.")] = "1:64",
+    seq_range: Annotated[str, typer.Option("--seq-range", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
+    static: Annotated[bool, typer.Option("--static", help="Capture with static shapes.")] = False,
+    attn: Annotated[Optional[str], typer.Option("--attn", help="Attention implementation to load: eager or sdpa.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Capture MODEL, run a verified pass pipeline and write DIR/model.pt2 and DIR/report.json."""
+    from fxbench.models import DynamicDims
+    from fxbench.runtime.workflow import OptimizeRequest
+    from fxbench.runtime.workflow import optimize as run_optimize
+
+    progress = _Progress(enabled=True)
+    try:
+        edits = tuple(e for spec in (passes or []) for e in spec.split(";") if e.strip())
+        request = OptimizeRequest(
+            model=model, output=output, task=task, pipeline=pipeline, passes=edits, strict=strict, force=force,
+            batch=batch, seq=seq, attn_implementation=attn,
+            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
+        )
+        result = run_optimize(request, events=progress)
+    except FxbenchError as exc:
+        progress.stop()
+        _fail(exc)
+    finally:
+        progress.stop()
+    if json_out:
+        from fxbench.runtime.report import jsonable
+
+        print(json.dumps(jsonable(result.report), indent=2))
+        return
+    _print_pass_table(result.report["passes"])
+    parity = result.report["parity"]["final"]
+    out.print(
+        f"[bold]{result.output_dir}[/]: model.pt2 + report.json; final parity max_abs={parity['max_abs_error']:.3g} "
+        f"cosine={parity['cosine']:.6f}"
+    )
+
+
+def _print_pass_table(records: list[dict]) -> None:
+    table = Table(title="passes", title_justify="left")
+    for col in ("pass", "status", "nodes", "op changes", "cosine", "max abs err", "s"):
+        table.add_column(col, justify="right" if col in ("nodes", "cosine", "max abs err", "s") else "left")
+    for r in records:
+        delta = ", ".join(f"{op.removeprefix('aten.').removesuffix('.default')} {d:+d}" for op, d in list(r["op_delta"].items())[:4])
+        if len(r["op_delta"]) > 4:
+            delta += ", ..."
+        par = r["parity"]
+        style = {"applied": "green", "unchanged": "dim", "rolled-back": "yellow", "failed": "red"}[r["status"]]
+        table.add_row(
+            r["name"], f"[{style}]{r['status']}[/]", f"{r['nodes_before']}→{r['nodes_after']}", delta or "-",
+            f"{par['cosine']:.6f}" if par else "-", f"{par['max_abs_error']:.2e}" if par else "-",
+            f"{r['seconds'] + r['verify_seconds']:.2f}",
+        )
+        if r["message"]:
+            table.add_row("", f"[{style}]{r['message'][:100]}[/]", "", "", "", "", "")
+    out.print(table)
+
+
+@passes_app.command("list")
+def passes_list(json_out: JsonOpt = False) -> None:
+    """Every registered pass: name, summary, options, built-in or plugin; and the pipelines."""
+    from fxbench.passes import PIPELINES, available_passes, option_help
+    from fxbench.passes.registry import plugin_errors
+
+    rows = []
+    for name, info in available_passes().items():
+        cls = info.cls
+        rows.append({
+            "name": name, "summary": cls.summary(), "origin": info.origin, "precision": cls.precision,
+            "options": [{"name": n, "type": t, "default": d} for n, t, d in option_help(cls)],
+        })
+    if json_out:
+        pipelines = {p.name: {"summary": p.summary, "passes": list(p.passes), "device": p.device} for p in PIPELINES.values()}
+        print(json.dumps({"passes": rows, "pipelines": pipelines, "plugin_errors": plugin_errors()}, indent=2))
+        return
+    table = Table(title="passes", title_justify="left")
+    for col in ("name", "summary", "options", "origin"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        opts = "\n".join(f"{o['name']}: {o['type']} = {o['default']}" for o in r["options"]) or "-"
+        table.add_row(r["name"], r["summary"], opts, r["origin"])
+    out.print(table)
+    pt = Table(title="pipelines", title_justify="left")
+    for col in ("name", "summary", "passes"):
+        pt.add_column(col, overflow="fold")
+    for p in PIPELINES.values():
+        pt.add_row(p.name, p.summary, " → ".join(p.passes))
+    out.print(pt)
+    for name, error in plugin_errors().items():
+        err.print(f"[yellow]plugin {name} failed to load:[/] {error}")
+
+
+@app.command()
+def inspect(
+    model: ModelArg = None,
+    task: TaskOpt = None,
+    graph: Annotated[bool, typer.Option("--graph", help="Print the FX graph.")] = False,
+    depth: Annotated[int, typer.Option("--depth", help="Module path depth for node counts.")] = 3,
+    top: Annotated[int, typer.Option("--top", help="How many ops of the histogram to show.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """Parameters, op histogram and node counts per module of MODEL, a .pt2 file or an output folder."""
+    from fxbench.runtime.inspection import inspect_target
+
+    try:
+        info = inspect_target(model, task=task, depth=depth)
+    except FxbenchError as exc:
+        _fail(exc)
+    if json_out:
+        print(json.dumps(info.to_dict(), indent=2))
+        return
+    out.print(f"[bold]{info.source}[/]: {info.parameters:,} parameters, {info.nodes} nodes")
+    hist = Table(title="ops", title_justify="left")
+    hist.add_column("op")
+    hist.add_column("count", justify="right")
+    for op, count in list(info.op_histogram.items())[:top]:
+        hist.add_row(op, str(count))
+    out.print(hist)
+    mods = Table(title=f"nodes per module (depth {depth})", title_justify="left")
+    mods.add_column("module")
+    mods.add_column("nodes", justify="right")
+    for mod, count in info.nodes_per_module.items():
+        mods.add_row(mod, str(count))
+    out.print(mods)
+    if graph:
+        out.print(info.graph.print_readable(print_output=False), markup=False)
+
+
+def main() -> None:
+    _quiet_libraries()
+    app()
+
+
+if __name__ == "__main__":
+    main()

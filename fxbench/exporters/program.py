@@ -1,0 +1,21 @@
+"""The optimized program as a torch.export archive (`model.pt2`), saved and loaded back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.export import ExportedProgram
+
+__all__ = ["load_program", "save_program"]
+
+
+def save_program(program: ExportedProgram, path: Path) -> Path:
+    """Write `program` with torch.export.save; it loads with torch.export.load and runs."""
+    path = Path(path)
+    torch.export.save(program, str(path))
+    return path
+
+
+def load_program(path: Path) -> ExportedProgram:
+    return torch.export.load(str(path))

