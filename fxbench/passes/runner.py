@@ -15,7 +15,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.infra.pass_manager import PassManager
 
 from fxbench.errors import FxbenchError, VerificationError
-from fxbench.numerics import Parity, Tolerance, compare
+from fxbench.numerics import PRECISIONS, Parity, Tolerance, compare
 from fxbench.passes.base import FxbenchPass, PassContext, set_output_names
 from fxbench.passes.base import output_names as graph_output_names
 
@@ -52,6 +52,7 @@ class PassRecord:
     verify_seconds: float
     message: str = ""
     rebased: bool = False
+    precision: str = "fp32"  # the precision the pass brings in (its tolerance class)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +71,7 @@ class PipelineResult:
     reference: tuple[torch.Tensor, ...]  # what the final program is checked against
     rebased: bool = False  # True if a deliberate model change (surgery) moved the reference
     eager_parity: Parity | None = None  # final program against the captured eager outputs, when comparable
+    precision: str = "fp32"  # the lowest precision an applied pass brought in
 
     @property
     def rolled_back(self) -> list[PassRecord]:
@@ -139,7 +141,8 @@ class VerifiedPass(PassBase):
             after = op_histogram(gm)
             delta = {op: after[op] - before_hist[op] for op in set(after) | set(before_hist) if after[op] != before_hist[op]}
             rec = PassRecord(p.name, p.options_dict(), status, modified, before_nodes, len(gm.graph.nodes),
-                             dict(sorted(delta.items())), parity, tolerance, seconds, verify_seconds, message, rebased)
+                             dict(sorted(delta.items())), parity, tolerance, seconds, verify_seconds, message, rebased,
+                             p.precision)
             v.records.append(rec)
             if v.progress:
                 v.progress(p.name, status)
@@ -254,5 +257,7 @@ def run_pipeline(
     outputs = _run(final, inputs)
     parity = compare(outputs, verifier.reference, final_names)
     eager_parity = compare(outputs, tuple(reference), final_names) if final_names == names else None
+    applied = [PRECISIONS.index(r.precision) for r in verifier.records if r.status == "applied"]
+    precision = PRECISIONS[max(applied, default=0)]
     return PipelineResult(final, verifier.records, parity, verifier.tolerance, final_names, verifier.reference,
-                          verifier.rebased, eager_parity)
+                          verifier.rebased, eager_parity, precision)

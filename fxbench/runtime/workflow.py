@@ -16,7 +16,7 @@ import torch
 import fxbench
 from fxbench.environment import collect_environment
 from fxbench.errors import ModelLoadError, VerificationError
-from fxbench.exporters import load_program, save_program
+from fxbench.exporters import Artifact, load_program, save_program
 from fxbench.fsutil import check_output_dir, staged_directory
 from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, export_graph_module, load_model, run_module
 from fxbench.numerics import Parity, compare
@@ -176,6 +176,12 @@ def optimize(request: OptimizeRequest, events: EventFn = _no_events) -> Optimize
             if not result.tolerance.accepts(reload_parity):
                 raise VerificationError(f"model.pt2 does not reproduce the optimized program: {result.tolerance.explain(reload_parity)}")
             d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {reload_parity.brief()}"
+        program_artifact = Artifact(
+            kind="program", file=path.name, device="any", precision=result.precision,
+            input_names=captured.input_names, output_names=result.output_names,
+            parity={"sample": reload_parity.to_dict()},
+            details={"bytes": path.stat().st_size}, seconds=timings["save"],
+        )
 
         report = {
             "fxbench_version": fxbench.__version__,
@@ -196,7 +202,7 @@ def optimize(request: OptimizeRequest, events: EventFn = _no_events) -> Optimize
                 "eager": result.eager_parity.to_dict() if result.eager_parity else None,
                 "tolerance": result.tolerance.to_dict(),
             },
-            "artifacts": {"program": {"path": "model.pt2", "bytes": path.stat().st_size, "reload_parity": reload_parity.to_dict()}},
+            "artifacts": [program_artifact.to_dict()],
             "environment": collect_environment(sys.argv),
             "seconds": dict(timings),
         }
