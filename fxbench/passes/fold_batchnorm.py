@@ -60,6 +60,10 @@ def _allow(user: Node, node: Node) -> bool:
     return node.target in _PRODUCERS and (reads_shape or user.target == aten.sym_size.int)
 
 
+def _norm(match: Match) -> Node:
+    return next(n for n in match.nodes if n.target in _NORMS)
+
+
 def _folded(gm: GraphModule, match: Match) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The producer's new weight and bias, computed in float64, or None if the match does not fold."""
     v, producer = match.values, match.nodes[0]
@@ -67,7 +71,7 @@ def _folded(gm: GraphModule, match: Match) -> tuple[torch.Tensor, torch.Tensor] 
         return None  # a training batch norm normalizes with the batch's own statistics
     if producer.target is aten.convolution.default and v["a3"] is not False:  # transposed: weight is (in, out, ...)
         return None
-    normalized = match.anchor.args[0] if match.anchor.target is aten.batch_norm.default else match.anchor.args[0].args[0]
+    normalized = _norm(match).args[0]  # the producer, or its flatten
     out = normalized.meta.get("val")
     if producer.target is aten.linear.default and (out is None or out.dim() != 2):
         return None  # BatchNorm1d on (N, C, L) normalizes dim 1, which a linear's features are not
@@ -119,13 +123,14 @@ class FoldBatchnorm(FxbenchPass):
                     continue
                 producer, stale = match.nodes[0], [match.values[k] for k in ("weight", "bias", "bn_weight", "bn_bias", "mean", "var")]
                 owner = str(match.values["weight"].target).rpartition(".")[0]
-                norm = next(n for n in match.nodes if n.target in _NORMS)
+                norm = _norm(match)
                 match.anchor.replace_all_uses_with(norm.args[0])  # the producer, or its flatten
                 for node in reversed(match.nodes[match.nodes.index(norm):]):
                     graph.erase_node(node)
                 # Keep the producer's arguments, except weight and bias: drop the old ones first, so
                 # that the new ones can take their names.
                 producer.args = (producer.args[0], None, None, *producer.args[3:])
+                producer.kwargs = {k: a for k, a in producer.kwargs.items() if k not in ("weight", "bias")}
                 release(graph_module, stale + _num_batches_tracked(graph, match.values["mean"]))
                 names = [add_tensor(graph_module, f"{owner}.{k}" if owner else k, t, parameter=True) for k, t in zip(("weight", "bias"), new)]
                 with graph.inserting_before(producer):

@@ -9,7 +9,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from fxbench.passes.base import FxbenchPass, PassResult
-from fxbench.passes.patterns import add_tensor, get_tensor, release, set_meta
+from fxbench.passes.patterns import add_tensor, get_tensor, is_check, release, set_meta
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
@@ -89,7 +89,8 @@ class FoldConstants(FxbenchPass):
       3. only constants that feed run-time work are stored, as contiguous buffers; broadcasts,
          factories and detach are not stored on their own (memory for no compute saved), but are
          folded into what consumes them;
-      4. the weights the folded ops read are deleted when nothing else reads them.
+      4. export's dtype checks on folded values go with them; the weights the folded ops read are
+         deleted when nothing else reads them.
     """
 
     Options = FoldConstantsOptions
@@ -109,7 +110,7 @@ class FoldConstants(FxbenchPass):
         # Stored: constant nodes, not get_attr, with a run-time user; a kind not worth storing
         # gives up its constancy (and makes its inputs the frontier), until nothing changes.
         while True:
-            frontier = [n for n in constant if n.op != "get_attr" and any(u not in constant for u in n.users)]
+            frontier = [n for n in constant if n.op != "get_attr" and any(u not in constant and not is_check(u, n) for u in n.users)]
             dropped = [n for n in frontier if n.target in _NOT_STORED or not isinstance(n.meta.get("val"), torch.Tensor)]
             if not dropped:
                 break
@@ -128,9 +129,15 @@ class FoldConstants(FxbenchPass):
             node.replace_all_uses_with(attr)
         # Erase the folded nodes (now without users) from the last back, then the weights they read.
         for node in reversed(list(graph.nodes)):
-            if node in constant and node.op != "get_attr" and not node.users:
+            if node in constant and node.op != "get_attr" and all(is_check(u, node) for u in node.users):
+                for check in list(node.users):  # a dtype check of a value computed at build time
+                    graph.erase_node(check)
                 inputs.extend(node.all_input_nodes)
                 graph.erase_node(node)
+        for node in inputs:  # weights that only checks read any more
+            if node.op == "get_attr" and not node._erased and node.users and all(is_check(u, node) for u in node.users):
+                for check in list(node.users):
+                    graph.erase_node(check)
         release(graph_module, inputs)
         return PassResult(graph_module, True)
 

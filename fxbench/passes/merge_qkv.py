@@ -111,7 +111,7 @@ class MergeQkv(FxbenchPass):
         if any(b is not None for _, _, b in members):
             bias = torch.cat([b.detach() if b is not None else w.new_zeros(w.shape[0]) for _, w, b in members])
         sizes = [int(w.shape[0]) for _, w, _ in members]
-        stale = [a for n in nodes for a in n.args[1:3]]
+        stale = [a for n in nodes for a in n.all_input_nodes if a is not n.args[0]]
         base = _merged_name([str(n.args[1].target) for n in nodes])
         with graph.inserting_before(first):
             w_attr = graph.get_attr(add_tensor(gm, f"{base}.weight", weight, parameter=True))

@@ -89,9 +89,10 @@ def find(gm: GraphModule, pattern: Callable[..., Any], *, allow: Callable[[Node,
 
 
 def insert(graph: Graph, replacement: Callable[..., Any], values: dict[str, Any], before: Node, like: Node | None = None,
-           *, drop_modules: int = 0, **flags: Any) -> Node:
+           *, drop_modules: int = 0, same_value: bool = False, **flags: Any) -> Node:
     """Insert `replacement` (traced with `flags`; placeholders bound by name from `values`, nodes or
-    literals) before `before`; its new nodes get their meta from `like` (see set_meta)."""
+    literals) before `before`; its new nodes get their meta from `like` (see set_meta), the output
+    `like`'s example value as it is if `same_value` (it computes the same thing)."""
     rgraph = trace(replacement, **flags)
     val_map: dict[Node, Any] = {p: values[str(p.target)] for p in rgraph.find_nodes(op="placeholder")}
     with graph.inserting_before(before):
@@ -99,7 +100,12 @@ def insert(graph: Graph, replacement: Callable[..., Any], values: dict[str, Any]
     if not isinstance(out, Node):
         raise TypeError(f"{replacement.__name__} must return one value")
     for node in (val_map[n] for n in rgraph.nodes if n.op == "call_function"):
-        set_meta(node, like=like, drop_modules=drop_modules)
+        if node is out and same_value and like is not None and "val" in like.meta:
+            # Propagating fake values through a fused op (SDPA decomposes) costs far more than this.
+            set_meta(node, like=like, drop_modules=drop_modules, propagate=False)
+            node.meta["val"] = like.meta["val"]
+        else:
+            set_meta(node, like=like, drop_modules=drop_modules)
     return out
 
 
@@ -107,7 +113,7 @@ def inline(gm: GraphModule, replacement: Callable[..., Any], values: dict[str, A
     """Put `replacement` in the place of `match` (see insert): its output takes the anchor's users;
     the matched nodes, and export's checks on them, are erased."""
     graph = gm.graph
-    out = insert(graph, replacement, values, match.anchor, like=match.anchor, **flags)
+    out = insert(graph, replacement, values, match.anchor, like=match.anchor, same_value=True, **flags)
     match.anchor.replace_all_uses_with(out)
     for node in reversed(match.nodes):
         for user in [u for u in node.users if u.target in _CHECKS]:
@@ -116,9 +122,10 @@ def inline(gm: GraphModule, replacement: Callable[..., Any], values: dict[str, A
     return out
 
 
-def set_meta(node: Node, like: Node | None = None, *, drop_modules: int = 0) -> None:
+def set_meta(node: Node, like: Node | None = None, *, drop_modules: int = 0, propagate: bool = True) -> None:
     """Give a new node the module stack and source of `like` (less its `drop_modules` innermost
-    modules) and an example value computed in the graph's fake mode, as export's nodes have."""
+    modules) and, if `propagate`, an example value computed in the graph's fake mode, as export's
+    nodes have."""
     if like is not None:
         for key in _INHERITED:
             if key in like.meta:
@@ -126,6 +133,8 @@ def set_meta(node: Node, like: Node | None = None, *, drop_modules: int = 0) -> 
         stack = like.meta.get("nn_module_stack")
         if stack and drop_modules:
             node.meta["nn_module_stack"] = dict(list(stack.items())[:-drop_modules])
+    if not propagate:
+        return
     if node.op == "get_attr":
         args: tuple[Any, ...] = ()
     else:
@@ -199,7 +208,7 @@ def release(gm: GraphModule, nodes: Iterable[Any]) -> int:
     that no get_attr reads any more, and modules left empty by that; return how many were deleted."""
     targets = set()
     for node in dict.fromkeys(n for n in nodes if isinstance(n, Node)):
-        if node.op == "get_attr" and not node.users and node.graph is gm.graph:
+        if node.op == "get_attr" and not node.users and not node._erased and node.graph is gm.graph:
             targets.add(str(node.target))
             gm.graph.erase_node(node)
     read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
