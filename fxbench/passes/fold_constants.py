@@ -44,11 +44,12 @@ def _pure(node: Node) -> bool:
     return target.__module__ == "_operator" and target.__name__ == "getitem"
 
 
-def _mutated(graph: torch.fx.Graph) -> set[str]:
-    """Attributes written in place somewhere in the graph (a step counter, a cache): their value
-    at build time is not their value at run time. Found by walking back from each written
-    argument through the ops that produced it, to the get_attr it views."""
-    written: set[str] = set()
+def _written(graph: torch.fx.Graph) -> tuple[set[Node], set[str]]:
+    """Values written in place somewhere in the graph (a step counter, a cache, an activation
+    updated in place), and the attributes they view: their value at build time is not their
+    value at run time, and a stored result would carry one call's writes into the next. Found by
+    walking back from each written argument through the ops that produced it (views included)."""
+    nodes: set[Node] = set()
     for node in graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload) or not node.target._schema.is_mutable:
             continue
@@ -58,11 +59,12 @@ def _mutated(graph: torch.fx.Graph) -> set[str]:
         stack = [a for a in args if isinstance(a, Node)]
         while stack:
             n = stack.pop()
-            if n.op == "get_attr":
-                written.add(str(n.target))
-            elif n.op == "call_function" and n.args and isinstance(n.args[0], Node):
+            if n in nodes:
+                continue
+            nodes.add(n)
+            if n.op == "call_function" and n.args and isinstance(n.args[0], Node):
                 stack.append(n.args[0])
-    return written
+    return nodes, {str(n.target) for n in nodes if n.op == "get_attr"}
 
 
 def _nbytes(value: Any) -> int | None:
@@ -82,8 +84,9 @@ class FoldConstants(FxbenchPass):
 
     Rules:
       1. a node is constant if it is a pure op (no side effects, no mutation, not random) whose
-         inputs are all constants: get_attr tensors that nothing writes in place, literals, or
-         constant nodes; a graph input or a symbolic size anywhere upstream makes it run-time work;
+         inputs are all constants: get_attr tensors, literals, or constant nodes; a graph input or
+         a symbolic size anywhere upstream makes it run-time work, and so does being written in
+         place (or viewing an attribute that is);
       2. nothing larger than max_mib (by the node's example value) is computed, so huge
          intermediates are never materialized;
       3. only constants that feed run-time work are stored, as contiguous buffers; broadcasts,
@@ -99,9 +102,11 @@ class FoldConstants(FxbenchPass):
     def call(self, graph_module: GraphModule) -> PassResult:
         graph, limit = graph_module.graph, self.options.max_mib * 2**20
         constant: set[Node] = set()
-        written = _mutated(graph)
+        written, written_attrs = _written(graph)
         for node in graph.nodes:
-            if node.op == "get_attr" and get_tensor(graph_module, node) is not None and str(node.target) not in written:
+            if node in written:
+                continue
+            if node.op == "get_attr" and get_tensor(graph_module, node) is not None and str(node.target) not in written_attrs:
                 constant.add(node)
             elif _pure(node) and all(n in constant for n in node.all_input_nodes):
                 size = _nbytes(node.meta.get("val"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +33,9 @@ def _merged_linear_replacement(x, weight, bias, sizes):  # noqa: ANN001, ANN202
     return aten.split_with_sizes.default(aten.linear.default(x, weight, bias), sizes, -1)
 
 
-def _candidate(gm: GraphModule, node: Node) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight, bias) of a linear whose weight and bias are constants that nothing else reads."""
+def _candidate(gm: GraphModule, node: Node, readers: Counter[str]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of a linear whose weight and bias are constants that nothing else reads
+    (`readers`: how many get_attr nodes read each attribute)."""
     if node.target != aten.linear.default or not isinstance(node.args[0], Node):
         return None
     w_node = node.args[1]
@@ -43,7 +44,7 @@ def _candidate(gm: GraphModule, node: Node) -> tuple[torch.Tensor, torch.Tensor 
     if weight is None or weight.dim() != 2 or not weight.is_floating_point() or (b_node is not None and bias is None):
         return None
     # A weight read elsewhere too (tied) would be copied into the merged one: memory, not speed.
-    if len(w_node.users) != 1 or (b_node is not None and len(b_node.users) != 1):
+    if any(len(n.users) != 1 or readers[str(n.target)] != 1 for n in (w_node, b_node) if n is not None):
         return None
     if bias is not None and (bias.dtype != weight.dtype or bias.shape != weight.shape[:1]):
         return None
@@ -91,8 +92,9 @@ class MergeQkv(FxbenchPass):
 
     def call(self, graph_module: GraphModule) -> PassResult:
         groups: dict[tuple[Any, ...], list[tuple[Node, torch.Tensor, torch.Tensor | None]]] = defaultdict(list)
+        readers = Counter(str(n.target) for n in graph_module.graph.find_nodes(op="get_attr"))
         for node in graph_module.graph.find_nodes(op="call_function", target=aten.linear.default):
-            found = _candidate(graph_module, node)
+            found = _candidate(graph_module, node, readers)
             if found is not None:
                 groups[_group_key(node, found[0], self.options.across_modules)].append((node, *found))
         merged = 0
