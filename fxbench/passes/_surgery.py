@@ -1,11 +1,13 @@
-"""Helpers shared by the layer-surgery passes: module paths, block stacks, module outputs, dead-node and weight cleanup."""
+"""Helpers of the layer-surgery passes: module paths, block stacks, module outputs, cleanup, attention sites."""
 
 from __future__ import annotations
 
 import fnmatch
-import sys
+import operator
 import re
+import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,17 +17,25 @@ from fxbench.errors import PassOptionError
 from fxbench.passes.base import FxbenchPass, module_path
 
 __all__ = [
+    "AttentionLayoutError",
+    "AttentionSite",
+    "attention_sites",
+    "attr_value",
     "block_nodes",
     "choose_stack",
     "erase_block",
     "find_stacks",
+    "head_axes",
     "in_module",
     "match_paths",
     "module_outputs",
     "module_paths",
     "node_val",
     "note",
+    "projection_weight",
     "prune_weights",
+    "refresh_vals",
+    "rescale_sizes",
     "resolve_indices",
     "same_shape",
     "surgery_meta",
@@ -221,9 +231,6 @@ def within(path: str, patterns: Iterable[str]) -> bool:
 
 # ----- attention sites (prune-heads) ---------------------------------------------------------
 
-import operator  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
 aten = torch.ops.aten
 _SDPA = {aten.scaled_dot_product_attention.default}
 _SOFTMAX = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
@@ -272,10 +279,6 @@ def projection_weight(node: Node) -> tuple[Node, Node | None, int]:
     return a[1], None, 1
 
 
-def projection_input(node: Node) -> Node:
-    return node.args[1] if node.target == aten.addmm.default else node.args[0]
-
-
 @dataclass
 class Role:
     """How q, k or v reaches attention: its projection, where its channels start, heads and size."""
@@ -288,17 +291,14 @@ class Role:
 
 @dataclass
 class AttentionSite:
+    """One attention computation: its q/k/v roles and the projection its output goes through."""
+
     path: str  # module path of the attention computation
     core: Node  # the SDPA node, or the softmax of an eager attention
     q: Role
     k: Role
     v: Role
     out_proj: Node
-    region: list[Node] = field(default_factory=list)  # nodes between the projections and out_proj
-
-    @property
-    def groups(self) -> int:
-        return self.k.heads
 
 
 def _trace_role(start: Node, what: str, path: str) -> Role:
@@ -474,6 +474,8 @@ def _propagate(n: Node, axes: dict[Node, set[int]], path: str) -> set[int]:
         tensors = list(a[0]) if t == aten.cat.default else [x for x in a if isinstance(x, Node)]
         if t in _SDPA:
             tensors = tensors[:3]  # the mask is checked below
+            if any(axes.get(x) != {len(_shape(x)) - 3} for x in tensors):
+                raise AttentionLayoutError(f"prune-heads: {n.name} in {path} does not read heads on the axis SDPA takes them")
         result: set[int] = set()
         for x in tensors:
             if x in axes:
@@ -523,6 +525,14 @@ def rescale_sizes(region: list[Node], axes: dict[Node, set[int]], keep: int, tot
     return changed
 
 
+def attr_value(gm: GraphModule, target: Any) -> Any:
+    """The tensor a get_attr target names ("model.encoder.layer.0.attention.self.query.weight")."""
+    value: Any = gm
+    for part in str(target).split("."):
+        value = getattr(value, part)
+    return value
+
+
 def refresh_vals(gm: GraphModule, nodes: Iterable[Node]) -> None:
     """Recompute the recorded example values of `nodes` (in graph order) after their shapes
     changed, with the capture's own fake-tensor mode, so later passes read true shapes."""
@@ -534,10 +544,7 @@ def refresh_vals(gm: GraphModule, nodes: Iterable[Node]) -> None:
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for n in sorted(set(nodes), key=order.__getitem__):
         if n.op == "get_attr":
-            value: Any = gm
-            for part in str(n.target).split("."):
-                value = getattr(value, part)
-            n.meta["val"] = mode.from_tensor(value, static_shapes=True)
+            n.meta["val"] = mode.from_tensor(attr_value(gm, n.target), static_shapes=True)
         elif n.op == "call_function":
             args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("val"))
             with mode:

@@ -13,6 +13,7 @@ from fxbench.errors import PassOptionError
 from fxbench.passes._surgery import (
     AttentionSite,
     attention_sites,
+    attr_value,
     choose_stack,
     find_stacks,
     head_axes,
@@ -63,17 +64,11 @@ class PruneHeadsOptions:
 
 
 def _set_tensor(gm: GraphModule, target: str, value: torch.Tensor) -> None:
+    """Replace a weight by a new tensor (never in place: the captured program shares the old one)."""
     owner_path, _, attr = target.rpartition(".")
     owner = gm.get_submodule(owner_path) if owner_path else gm
     old = getattr(owner, attr)
-    setattr(owner, attr, torch.nn.Parameter(value, requires_grad=False) if isinstance(old, torch.nn.Parameter) else value)
-
-
-def _weight(gm: GraphModule, node: torch.fx.Node) -> torch.Tensor:
-    value = gm
-    for part in str(node.target).split("."):
-        value = getattr(value, part)
-    return value
+    setattr(owner, attr, torch.nn.Parameter(value, old.requires_grad) if isinstance(old, torch.nn.Parameter) else value)
 
 
 def _check_unshared(gm: GraphModule, site: AttentionSite) -> None:
@@ -92,46 +87,38 @@ def _named(path: str, name: str) -> bool:
     return rel == name or rel.startswith(name + ".") or rel.endswith("." + name) or f".{name}." in f".{rel}."
 
 
-class _Plan:
-    """Output channels kept by each projection and input channels kept by the output projection."""
-
-    def __init__(self, gm: GraphModule, site: AttentionSite, keep_heads: list[int], keep_groups: list[int]):
-        self.gm, self.site = gm, site
-        self.rows: dict[torch.fx.Node, set[int]] = {}
-        for role, kept in ((site.q, keep_heads), (site.k, keep_groups), (site.v, keep_groups)):
-            w, _, axis = projection_weight(role.projection)
-            dropped = {role.offset + h * role.head_dim + j for h in range(role.heads) if h not in kept for j in range(role.head_dim)}
-            every = self.rows.get(role.projection, set(range(_weight(gm, w).shape[axis])))
-            self.rows[role.projection] = every - dropped
-        d = site.q.head_dim
-        self.cols = [h * d + j for h in keep_heads for j in range(d)]
-
-    def apply(self) -> None:
-        for proj, keep in self.rows.items():
-            w, b, axis = projection_weight(proj)
-            index = torch.tensor(sorted(keep))
-            _set_tensor(self.gm, str(w.target), _weight(self.gm, w).index_select(axis, index).clone())
-            if b is not None:
-                _set_tensor(self.gm, str(b.target), _weight(self.gm, b).index_select(0, index).clone())
-        w, _, axis = projection_weight(self.site.out_proj)
-        _set_tensor(self.gm, str(w.target), _weight(self.gm, w).index_select(1 - axis, torch.tensor(self.cols)).clone())
+def _slice_projections(gm: GraphModule, site: AttentionSite, keep_heads: list[int], keep_groups: list[int]) -> None:
+    """Keep the q rows of `keep_heads`, the k/v rows of `keep_groups` (also inside a fused qkv
+    projection, by each role's offset) and the matching input columns of the output projection."""
+    keep: dict[torch.fx.Node, set[int]] = {}
+    for role, kept in ((site.q, keep_heads), (site.k, keep_groups), (site.v, keep_groups)):
+        w, _, axis = projection_weight(role.projection)
+        dropped = {role.offset + h * role.head_dim + j for h in range(role.heads) if h not in kept for j in range(role.head_dim)}
+        keep[role.projection] = keep.get(role.projection, set(range(attr_value(gm, w.target).shape[axis]))) - dropped
+    for proj, channels in keep.items():
+        index = torch.tensor(sorted(channels))
+        for t, axis in zip(projection_weight(proj)[:2], (projection_weight(proj)[2], 0)):
+            if t is not None:
+                _set_tensor(gm, str(t.target), attr_value(gm, t.target).index_select(axis, index).clone())
+    w, _, axis = projection_weight(site.out_proj)
+    d = site.q.head_dim
+    columns = torch.tensor([h * d + j for h in keep_heads for j in range(d)])
+    _set_tensor(gm, str(w.target), attr_value(gm, w.target).index_select(1 - axis, columns).clone())
 
 
 def _group_norms(gm: GraphModule, site: AttentionSite) -> list[float]:
     """Squared L2 norm of each KV group's q/k/v rows and output-projection columns (a group is one
-    head without grouped-query attention)."""
-    rep, dq = site.q.heads // site.k.heads, site.q.head_dim
-    norms = [0.0] * site.k.heads
+    head without grouped-query attention); the ranking is that of the plain L2 norm."""
+    rep, norms = site.q.heads // site.k.heads, [0.0] * site.k.heads
     for role, per in ((site.q, rep), (site.k, 1), (site.v, 1)):
         w, _, axis = projection_weight(role.projection)
-        weight = _weight(gm, w)
+        weight = attr_value(gm, w.target).detach()
         for h in range(role.heads):
-            rows = weight.narrow(axis, role.offset + h * role.head_dim, role.head_dim)
-            norms[h // per] += float(rows.detach().pow(2).sum())
+            norms[h // per] += float(weight.narrow(axis, role.offset + h * role.head_dim, role.head_dim).pow(2).sum())
     w, _, axis = projection_weight(site.out_proj)
-    weight = _weight(gm, w)
+    weight, d = attr_value(gm, w.target).detach(), site.q.head_dim
     for h in range(site.q.heads):
-        norms[h // rep] += float(weight.detach().narrow(1 - axis, h * dq, dq).pow(2).sum())
+        norms[h // rep] += float(weight.narrow(1 - axis, h * d, d).pow(2).sum())
     return norms
 
 
@@ -144,7 +131,9 @@ class PruneHeads(FxbenchPass):
          softmax between two matmuls; its q/k/v projections are followed back through view,
          transpose, RoPE and split ops (GPT-2's fused c_attn too), its output projection forward;
       2. heads= lists LAYER:HEAD+HEAD items (ranges a-b, '*' for every layer) in the captured
-         model's numbering; heads already pruned are skipped, so a second run changes nothing;
+         model's numbering, applied to every attention of the layer unless attention= names one
+         (Whisper's self_attn, encoder_attn); heads already pruned are skipped, so a second run
+         changes nothing;
       3. ratio= removes that share (rounded, at least one head kept) of each layer's heads with the
          lowest squared L2 norm of their q/k/v rows and output-projection columns; a second run
          with the same ratio changes nothing;
@@ -204,7 +193,7 @@ class PruneHeads(FxbenchPass):
             keep_groups = sorted({i // rep for i in keep_heads})
             region, axes = head_axes(site)  # before any change: raises on what cannot be followed
             _check_unshared(gm, site)
-            _Plan(gm, site, keep_heads, keep_groups).apply()
+            _slice_projections(gm, site, keep_heads, keep_groups)
             rescale_sizes(region, axes, len(keep_groups), site.k.heads)
             projections = {site.q.projection, site.k.projection, site.v.projection, site.out_proj}
             weights = [t for p in projections for t in projection_weight(p)[:2] if t is not None]

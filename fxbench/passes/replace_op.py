@@ -138,7 +138,7 @@ def _inline(gm: GraphModule, traced: GraphModule, inputs: list[Node], anchor: No
             env[n].meta.update({k: anchor.meta[k] for k in ("nn_module_stack", "stack_trace") if k in anchor.meta})
             env[n].meta[_MARK] = mark
     if not isinstance(result, Node):
-        raise PassOptionError(f"replace-op: with={anchor.name}'s replacement must return one tensor")
+        raise PassOptionError(f"replace-op: with={mark.partition('->')[2]} must return one tensor")
     return result
 
 
@@ -185,28 +185,34 @@ class ReplaceOp(FxbenchPass):
     def _mark(self) -> str:
         return f"{self.options.op}->{self.options.with_}"
 
+    def _replace(self, gm: GraphModule, out: Node, inputs: list[Node], traced: dict[Any, GraphModule]) -> Node:
+        """Build the replacement of the match ending at `out` before it; return its result."""
+        o, named_source = self.options, self.options.op in _NAMED
+        args = tuple(inputs[:1]) if named_source else tuple(out.args)
+        if o.with_.startswith(("aten.", "torch.ops.")):
+            with gm.graph.inserting_before(out):
+                new = gm.graph.call_function(_aten(o.with_, "with"), args, {} if named_source else dict(out.kwargs))
+            new.meta.update({k: out.meta[k] for k in ("nn_module_stack", "stack_trace") if k in out.meta}, **{_MARK: self._mark})
+            return new
+        if ":" in o.with_:
+            fn = _user_function(o.with_)
+        else:
+            fn, args = (_NAMED.get(o.with_) or (_REPLACEMENT_ONLY[o.with_],))[0], args[:1]
+        values = tuple(node_val(a) if isinstance(a, Node) else a for a in args)
+        if any(isinstance(a, Node) and v is None for a, v in zip(args, values)):
+            raise PassOptionError(f"replace-op: {out.name} reads a value without a recorded shape; run replace-op earlier")
+        key = (fn, tuple((v.dtype, v.dim()) if isinstance(v, torch.Tensor) else repr(v) for v in values))
+        if key not in traced:
+            traced[key] = _trace(fn, values)
+        return _inline(gm, traced[key], [a for a in args if isinstance(a, Node)], out, self._mark)
+
     def call(self, graph_module: GraphModule) -> PassResult:
         gm, o = graph_module, self.options
         matches = self._matches(gm)
         traced: dict[Any, GraphModule] = {}
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         for out, inputs, body in matches:
-            if o.with_.startswith(("aten.", "torch.ops.")):
-                args = (inputs[0],) if o.op in _NAMED else out.args
-                with gm.graph.inserting_before(out):
-                    new = gm.graph.call_function(_aten(o.with_, "with"), args, {} if o.op in _NAMED else dict(out.kwargs))
-                new.meta.update({k: out.meta[k] for k in ("nn_module_stack", "stack_trace") if k in out.meta})
-                new.meta[_MARK] = self._mark
-            else:
-                fn = _user_function(o.with_) if ":" in o.with_ else (_NAMED.get(o.with_) or (_REPLACEMENT_ONLY[o.with_],))[0]
-                args = tuple(inputs[:1]) if o.op in _NAMED or ":" not in o.with_ else tuple(out.args)
-                values = tuple(node_val(a) if isinstance(a, Node) else a for a in args)
-                if any(isinstance(a, Node) and v is None for a, v in zip(args, values)):
-                    raise PassOptionError(f"replace-op: {out.name} has an input without a recorded value; run replace-op before passes that lose them")
-                key = (fn, tuple((v.dtype, v.dim()) if isinstance(v, torch.Tensor) else repr(v) for v in values))
-                if key not in traced:
-                    traced[key] = _trace(fn, values)
-                new = _inline(gm, traced[key], [a for a in args if isinstance(a, Node)], out, self._mark)
+            new = self._replace(gm, out, inputs, traced)
             if "val" in out.meta:
                 new.meta.setdefault("val", out.meta["val"])
             out.replace_all_uses_with(new)
