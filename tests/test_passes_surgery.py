@@ -528,8 +528,10 @@ def test_prune_heads_negative_cases(captured):
         _apply("prune-heads:heads=7:0", cp.graph_module())
     with pytest.raises(PassOptionError, match=r"has 4 heads \(0-3\), not 4"):
         _apply("prune-heads:heads=0:4", cp.graph_module())
-    with pytest.raises(PassOptionError, match="every head"):
-        _apply("prune-heads:heads=0:0-3", cp.graph_module())
+    gm = cp.graph_module()
+    with pytest.raises(PassOptionError, match="every head of encoder.layer.1.attention.self"):
+        _apply("prune-heads:heads=0:1,1:0-3", gm)
+    assert gm.get_submodule("model.encoder.layer.0.attention.self.query").weight.shape == (64, 64)  # layer 0 untouched too
     x = torch.randn(2, 5, 16)
     with pytest.raises(PassOptionError, match="adds a per-head value"):
         _apply("prune-heads:heads=0:1", _export(_Stack(_BiasedAttention(per_head=True)), x))

@@ -86,9 +86,8 @@ class DropLayers(FxbenchPass):
         if not todo:
             return PassResult(gm, False)
 
-        read_before = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-        params_before = sum(p.numel() for p in gm.parameters())
-        erased = 0
+        # Every block is checked before any is cut, so a refusal leaves the graph as it was.
+        plans: list[tuple[list[Node], Node, Node]] = []
         for i in todo:
             path = f"{prefix}.{i}"
             block = block_nodes(gm, path)
@@ -96,9 +95,17 @@ class DropLayers(FxbenchPass):
             if len(outs) != 1:
                 names = ", ".join(n.name for n in outs) or "nothing"
                 raise PassOptionError(f"drop-layers: {path} returns {names}, not one hidden state; it cannot be skipped")
-            hidden = _hidden_input(block, outs[0], path)
+            plans.append((block, outs[0], _hidden_input(block, outs[0], path)))
+
+        read_before = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+        params_before = sum(p.numel() for p in gm.parameters())
+        erased, skipped_to = 0, {}
+        for block, out, hidden in plans:
+            while hidden in skipped_to:  # the block before was dropped too: its own input goes on
+                hidden = skipped_to[hidden]
             inside = set(block)
-            outs[0].replace_all_uses_with(hidden, delete_user_cb=lambda user: user not in inside)
+            out.replace_all_uses_with(hidden, delete_user_cb=lambda user: user not in inside)
+            skipped_to[out] = hidden
             erased += erase_block(gm, block)
         weights = prune_weights(gm, read_before)
         gm.graph.lint()

@@ -159,7 +159,7 @@ class PruneHeads(FxbenchPass):
         sites = [s for s in attention_sites(gm, prefix) if not o.attention or _named(s.path[len(prefix) + 1:], o.attention)]
         if not sites:
             raise PassOptionError(f"prune-heads: no attention{' named ' + o.attention if o.attention else ''} found in {prefix}")
-        params_before, done = sum(p.numel() for p in gm.parameters()), []
+        params_before, done, work = sum(p.numel() for p in gm.parameters()), [], []
         for site in sites:
             layer = int(site.path[len(prefix) + 1:].split(".")[0])
             info = kept_by_site.setdefault(site.path, {"heads": site.q.heads, "kv_heads": site.k.heads})
@@ -189,10 +189,13 @@ class PruneHeads(FxbenchPass):
                 continue
             if len(drop) == site.q.heads:
                 raise PassOptionError(f"prune-heads: that would remove every head of {site.path}; keep at least one")
+            _check_unshared(gm, site)
+            work.append((site, info, drop, *head_axes(site)))  # head_axes raises on what it cannot follow
+        # Every attention is checked before any is cut, so a refusal leaves the graph as it was.
+        for site, info, drop, region, axes in work:
+            kept, rep = info["kept"], info["heads"] // info["kv_heads"]
             keep_heads = [i for i in range(site.q.heads) if i not in drop]
             keep_groups = sorted({i // rep for i in keep_heads})
-            region, axes = head_axes(site)  # before any change: raises on what cannot be followed
-            _check_unshared(gm, site)
             _slice_projections(gm, site, keep_heads, keep_groups)
             rescale_sizes(region, axes, len(keep_groups), site.k.heads)
             projections = {site.q.projection, site.k.projection, site.v.projection, site.out_proj}
