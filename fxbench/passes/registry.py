@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import keyword
 import pkgutil
 import re
 import types
@@ -205,6 +206,12 @@ def _split_options(text: str) -> list[tuple[str, str]]:
     return [(k, v) for k, v in pairs]
 
 
+def _cli_name(field: str) -> str:
+    """An option's name on the command line: a field named after a Python keyword carries a
+    trailing underscore (`with_`), which the user does not type (`with=`)."""
+    return field[:-1] if field.endswith("_") and keyword.iskeyword(field[:-1]) else field
+
+
 def parse_options(cls: type[FxbenchPass], text: str) -> Any:
     """Build `cls.Options` from 'field=value,...' text, with one-line errors naming the option."""
     fields = {f.name: f for f in dataclasses.fields(cls.Options)}
@@ -216,13 +223,15 @@ def parse_options(cls: type[FxbenchPass], text: str) -> Any:
     values: dict[str, Any] = {}
     for key, raw in pairs:
         key = key.replace("-", "_")
+        if keyword.iskeyword(key) and key + "_" in fields:
+            key += "_"
         if key not in fields:
-            known = ", ".join(fields) or "none"
+            known = ", ".join(map(_cli_name, fields)) or "none"
             raise PassOptionError(f"pass {cls.name} has no option {key!r}; its options: {known}")
         try:
             values[key] = _convert(raw, hints[key])
         except ValueError as exc:
-            raise PassOptionError(f"pass {cls.name}: option {key}={raw!r} is invalid: {exc} (expected {_describe(hints[key])})") from None
+            raise PassOptionError(f"pass {cls.name}: option {_cli_name(key)}={raw!r} is invalid: {exc} (expected {_describe(hints[key])})") from None
     try:
         return cls.Options(**values)
     except (TypeError, ValueError) as exc:
@@ -237,7 +246,7 @@ def option_help(cls: type[FxbenchPass]) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required"  # type: ignore[misc]
         )
-        rows.append((f.name, _describe(hints[f.name]), repr(default)))
+        rows.append((_cli_name(f.name), _describe(hints[f.name]), repr(default)))
     return rows
 
 

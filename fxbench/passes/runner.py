@@ -14,7 +14,7 @@ from torch.fx import GraphModule
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.infra.pass_manager import PassManager
 
-from fxbench.errors import FxbenchError, VerificationError
+from fxbench.errors import FxbenchError, PassOptionError, VerificationError
 from fxbench.numerics import PRECISIONS, Parity, Tolerance, compare
 from fxbench.passes.base import FxbenchPass, PassContext, set_output_names
 from fxbench.passes.base import output_names as graph_output_names
@@ -135,6 +135,8 @@ class VerifiedPass(PassBase):
         snapshot = copy.deepcopy(graph_module)
         before_hist, before_nodes = op_histogram(graph_module), len(graph_module.graph.nodes)
         tolerance = v.tolerance.loosest(Tolerance.for_precision(p.precision))
+        notes = p.context.notes if p.context is not None else []
+        first_note = len(notes)  # what the pass notes about its work goes into its record
 
         def record(status: str, gm: GraphModule, modified: bool, parity: Parity | None, seconds: float,
                    verify_seconds: float, message: str = "", rebased: bool = False) -> None:
@@ -154,6 +156,8 @@ class VerifiedPass(PassBase):
             gm.graph.lint()
             gm.recompile()
         except Exception as exc:  # noqa: BLE001 - a failing pass is rolled back and reported, not fatal
+            if isinstance(exc, PassOptionError):
+                raise  # options this model cannot take (layer 20 of 12) are the user's to fix, not a rollback
             seconds = time.perf_counter() - start
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             record("failed", snapshot, False, None, seconds, 0.0, message)
@@ -193,7 +197,7 @@ class VerifiedPass(PassBase):
             # against the changed model, and the change itself is in this record.
             v.reference, v.names, v.rebased = outputs, names, True
         v.tolerance = tolerance
-        record("applied", gm, True, parity, seconds, verify_seconds, rebased=rebased)
+        record("applied", gm, True, parity, seconds, verify_seconds, "; ".join(notes[first_note:]), rebased=rebased)
         return PassResult(gm, True)
 
 
