@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from fxbench.runtime.bench import BackendRecord, BenchResult, Measurement, ParityRecord, Shape, best_artifact, run_benchmark, shapes_from
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
 
 QUICK = dict(warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=4), threads=1)
+
+
+THREADS_BEFORE = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,7 @@ def test_sweep_measures_every_backend_at_every_shape(sweep):
     assert eager.parity.max_abs_error == 0 and eager.parity.cosine == pytest.approx(1.0)
     assert 0 < bf16.parity.max_abs_error and bf16.parity.precision == "bf16" and bf16.parity.cosine > 0.995
     assert sweep.threads == 1 and sweep.environment["torch_threads"] == 1 and sweep.environment["command"]
+    assert torch.get_num_threads() == THREADS_BEFORE  # the caller's setting is restored
 
 
 def test_speedup_is_the_ratio_of_medians_against_eager(sweep):
@@ -88,3 +93,5 @@ def test_best_artifact_is_the_fastest_that_keeps_its_answers():
     assert best_artifact(result, min_cosine=0.9999, shape=Shape(1, 8)).backend == "aoti@model.aoti.pt2"
     assert best_artifact(result, min_cosine=0.9999, artifacts_only=False).backend == "program"
     assert best_artifact(result, min_cosine=1.01) is None
+    # Among fxbench's own artifacts only (baselines ran beside them in the same result).
+    assert best_artifact(result, min_cosine=0.9999, among=["aoti@model.aoti.pt2"]).backend == "aoti@model.aoti.pt2"

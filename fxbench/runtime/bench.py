@@ -341,10 +341,41 @@ def run_benchmark(
     inputs = {s: captured.make_inputs(s.batch, s.seq if s.seq is not None else 16).tensors for s in shapes}
     reference = {s: captured.run_eager(inputs[s]) for s in shapes}
 
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     run_threads = torch.get_num_threads()
+    try:
+        records, measurements = _run_backends(chosen, captured, shapes, inputs, reference, device, run_threads, warmup, measure, events)
+        environment = collect_environment(list(command) if command is not None else list(sys.argv))  # with the threads used
+    finally:
+        torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
 
+    return BenchResult(
+        model={
+            "source": captured.loaded.source, "model_id": captured.loaded.model_id, "name": captured.loaded.name,
+            "task": captured.loaded.task, "architecture": type(captured.loaded.model).__name__,
+            "parameters": captured.loaded.parameter_count(), "inputs_from": captured.inputs.origin,
+        },
+        task=captured.loaded.task,
+        device=device,
+        threads=run_threads,
+        reference="eager PyTorch fp32 on the CPU, same inputs",
+        shapes=tuple(shapes),
+        backends=tuple(records),
+        measurements=tuple(measurements),
+        settings={"warmup": asdict(warmup), "measure": asdict(measure), "gc": "disabled while timing"},
+        environment=environment,
+        created=created,
+        seconds=time.perf_counter() - started,
+        source=bench_target.describe(),
+    )
+
+
+def _run_backends(chosen: Sequence[Backend], captured: CapturedProgram, shapes: Sequence[Shape], inputs: dict[Shape, dict[str, torch.Tensor]],
+                  reference: dict[Shape, tuple[torch.Tensor, ...]], device: str, run_threads: int, warmup: Warmup, measure: Measure,
+                  events: EventFn) -> tuple[list[BackendRecord], list[Measurement]]:
+    """Each backend in turn: load it, measure it at every shape, release it before the next loads."""
     records: list[BackendRecord] = []
     measurements: list[Measurement] = []
     for backend in chosen:
@@ -384,26 +415,7 @@ def run_benchmark(
                     events(step, "fail", m.reason)
         finally:
             _release(session)
-
-    return BenchResult(
-        model={
-            "source": captured.loaded.source, "model_id": captured.loaded.model_id, "name": captured.loaded.name,
-            "task": captured.loaded.task, "architecture": type(captured.loaded.model).__name__,
-            "parameters": captured.loaded.parameter_count(), "inputs_from": captured.inputs.origin,
-        },
-        task=captured.loaded.task,
-        device=device,
-        threads=run_threads,
-        reference="eager PyTorch fp32 on the CPU, same inputs",
-        shapes=tuple(shapes),
-        backends=tuple(records),
-        measurements=tuple(measurements),
-        settings={"warmup": asdict(warmup), "measure": asdict(measure), "gc": "disabled while timing"},
-        environment=collect_environment(list(command) if command is not None else list(sys.argv)),
-        created=created,
-        seconds=time.perf_counter() - started,
-        source=bench_target.describe(),
-    )
+    return records, measurements
 
 
 def _resolve(backends: Sequence[str | Backend] | None, folder: Path | None, artifacts: Sequence[Artifact], device: str) -> list[Backend]:
@@ -442,16 +454,17 @@ def _geomean(values: Sequence[float]) -> float:
 
 def best_artifact(
     result: BenchResult, min_cosine: float = 0.99999, max_abs_error: float = math.inf, *, artifacts_only: bool = True,
-    shape: Shape | None = None,
+    shape: Shape | None = None, among: Sequence[str] | None = None,
 ) -> Choice | None:
     """The fastest backend (geometric mean of median latency over the shapes, or at `shape`) whose
     worst cosine against eager fp32 is at least `min_cosine` and worst max abs error at most
     `max_abs_error`, and that ran at every shape. `artifacts_only`: only backends that load an
-    artifact file (the deployable ones). None when nothing qualifies."""
+    artifact file (the deployable ones); `among`: only these labels (fxbench's own, say, beside
+    baselines in the same run). None when nothing qualifies."""
     shapes = [shape] if shape is not None else list(result.shapes)
     best: Choice | None = None
     for rec in result.backends:
-        if rec.status != "ok" or (artifacts_only and rec.artifact is None):
+        if rec.status != "ok" or (artifacts_only and rec.artifact is None) or (among is not None and rec.label not in among):
             continue
         ms = [result.measurement(rec.label, s) for s in shapes]
         if any(m is None or m.status != "ok" or m.latency is None or m.parity is None for m in ms):

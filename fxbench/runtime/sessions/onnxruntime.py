@@ -66,8 +66,6 @@ class OrtSession(Session):
             reason = cuda_unavailable_reason()
             if reason:
                 raise BackendUnavailableError(reason)
-        elif options.device != "cpu":
-            raise BackendUnavailableError("the ort backend is ONNX Runtime's CPU provider; use ort-cuda or ort-trt with --device cuda")
         wanted = _PROVIDER[provider]
         if wanted not in ort.get_available_providers():
             hint = "install onnxruntime-gpu built for this CUDA" if provider != "ort" else "reinstall onnxruntime"
