@@ -255,7 +255,7 @@ def bench(
     iters: Annotated[Optional[int], typer.Option("--iters", help="Timed runs, exactly (instead of --time).")] = None,
     seconds: Annotated[Optional[float], typer.Option("--time", help="Seconds of timed runs per backend and shape (default 2).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for report.json, report.md, report.html (default: DIR/bench for a folder, fxbench-bench/<model>).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for report.json, report.md, report.html (default: DIR/bench for a folder, fxbench-out/<model>-bench).")] = None,
     task: TaskOpt = None,
     list_backends: Annotated[bool, typer.Option("--list", help="List the backend names and exit.")] = False,
     json_out: JsonOpt = False,

@@ -68,7 +68,7 @@ def test_terminal_table_renders(result):
     console = Console(record=True, width=200)
     console.print(render_table(result))
     text = console.export_text()
-    assert text.count("program ") >= 4 and "b2 s16" in text and "skipped: no CUDA GPU" in text
+    assert text.count("program ") >= 4 and "b2 s16" in text and "skipped: eager-fp16: no CUDA GPU" in text
 
 
 def test_html_report_has_the_plots(reports, result):

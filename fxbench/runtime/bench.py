@@ -485,7 +485,7 @@ def best_artifact(
 
 def default_report_dir(target: object, result: BenchResult) -> Path:
     """Where `fxbench bench` writes its reports without -o: beside an output folder's artifacts
-    (DIR/bench), or fxbench-bench/<model name>."""
+    (DIR/bench), or fxbench-out/<model name>-bench (beside where optimize writes, not inside it)."""
     if _is_folder(target):
         return Path(target) / "bench"  # type: ignore[arg-type]
-    return Path("fxbench-bench") / (result.model.get("name") or "model")
+    return Path("fxbench-out") / f"{result.model.get('name') or 'model'}-bench"

@@ -109,18 +109,19 @@ def method_note(result: BenchResult) -> str:
 
 
 def render_table(result: BenchResult) -> Table:
-    """The terminal table (rich)."""
-    table = Table(title=f"fxbench bench: {result.model.get('name')}", title_justify="left", caption="\n".join(header_lines(result)),
-                  caption_justify="left")
+    """The terminal table (rich); backends that never measured are listed under it, with why."""
+    never = [f"{rec.status}: {rec.label}: {rec.reason}" for rec in result.backends if rec.status != "ok"]
+    table = Table(title=f"fxbench bench: {result.model.get('name')}", title_justify="left",
+                  caption="\n".join(header_lines(result) + never), caption_justify="left")
     cols = table_columns(result)
     for col in cols:
-        table.add_column(col, justify="left" if col in LEFT else "right",
-                         overflow="fold")
+        table.add_column(col, justify="left" if col in LEFT else "right", overflow="fold")
     for row in rows(result):
+        if row.shape is None:
+            continue  # in the caption
         cells = row.cells()
         if not row.ok:
-            style = "yellow" if row.status == "skipped" else "red"
-            table.add_row(cells["backend"], cells["shape"], *([""] * (len(cols) - 3)), f"[{style}]{cells['status']}[/]")
+            table.add_row(cells["backend"], cells["shape"], *([""] * (len(cols) - 3)), f"[red]{cells['status']}[/]")
             continue
         status = cells["status"]
         table.add_row(*[cells.get(c, "-") if c != "status" else (status if status == "ok" else f"[red]{status}[/]") for c in cols])
