@@ -236,6 +236,75 @@ def inspect(
         out.print(info.graph.print_readable(print_output=False), markup=False)
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FxbenchError(f"bad --{what} {text!r}; expected comma-separated integers such as 1,8,32") from None
+
+
+@app.command()
+def bench(
+    model: Annotated[Optional[str], typer.Argument(help="Hub model id, model folder, or fxbench output folder (benches its artifacts); omitted: the demo model.")] = None,
+    backends: Annotated[Optional[list[str]], typer.Option("--backends", "--backend", help="Comma-separated backend names, NAME@FILE for an artifact; see `fxbench bench --list`. Default: eager, program, compile (a model) or eager plus every artifact (a folder).")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes to sweep, comma-separated.")] = "1",
+    seq: Annotated[str, typer.Option("--seq", help="Sequence lengths to sweep, comma-separated (text models).")] = "128",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda: where device-agnostic backends run.")] = "cpu",
+    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs after the first call, at least.")] = 10,
+    warmup_time: Annotated[float, typer.Option("--warmup-time", help="Warm-up seconds after the first call, at least.")] = 0.5,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Timed runs, exactly (instead of --time).")] = None,
+    seconds: Annotated[Optional[float], typer.Option("--time", help="Seconds of timed runs per backend and shape (default 2).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for report.json, report.md, report.html (default: DIR/bench for a folder, fxbench-out/<model>-bench).")] = None,
+    task: TaskOpt = None,
+    list_backends: Annotated[bool, typer.Option("--list", help="List the backend names and exit.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Benchmark backends on the same inputs over a batch x sequence sweep, checked against eager fp32."""
+    from fxbench.runtime.backends import BACKENDS
+
+    if list_backends:
+        table = Table(title="backends", title_justify="left")
+        for col in ("name", "runs", "devices", "artifact"):
+            table.add_column(col, overflow="fold")
+        for spec in BACKENDS.values():
+            art = "/".join(spec.artifacts) + (" (required)" if spec.needs_artifact else " (optional)") if spec.artifacts else "-"
+            table.add_row(spec.name, spec.summary, ", ".join(spec.devices), art)
+        out.print(table)
+        return
+    from fxbench.runtime.bench import default_report_dir, run_benchmark, shapes_from
+    from fxbench.runtime.bench_report import render_table, write_reports
+    from fxbench.runtime.harness import Measure, Warmup
+    from fxbench.runtime.report import jsonable
+
+    progress = _Progress(enabled=True)
+    try:
+        if iters is not None and seconds is not None:
+            raise FxbenchError("give --iters or --time, not both")
+        names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
+        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"))
+        measure = Measure(iters=iters) if iters is not None else Measure(seconds=seconds if seconds is not None else 2.0)
+        result = run_benchmark(
+            model, names, shapes, device=device, threads=threads, task=task, events=progress,
+            warmup=Warmup(iters=warmup, seconds=warmup_time, max_seconds=max(120.0, warmup_time)), measure=measure,
+        )
+        paths = write_reports(result, output or default_report_dir(model, result))
+    except FxbenchError as exc:
+        progress.stop()
+        _fail(exc)
+    finally:
+        progress.stop()
+    if json_out:
+        print(json.dumps(jsonable(result.to_dict()), indent=2))
+    else:
+        out.print(render_table(result))
+        out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md, report.html")
+    failed = [m for m in result.measurements if m.status == "failed"] + [b for b in result.backends if b.status == "failed"]
+    if failed:
+        err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     _quiet_libraries()
     app()

@@ -12,7 +12,10 @@ import torch
 
 __all__ = ["collect_environment", "package_version"]
 
-_PACKAGES = ("fxbench", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "torchao", "tensorrt")
+_PACKAGES = (
+    "fxbench", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "torchao", "tensorrt",
+    "tensorrt-cu12", "tensorrt-cu13", "triton",
+)
 
 
 def package_version(name: str) -> str | None:
@@ -40,8 +43,15 @@ def collect_environment(command: list[str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": _memory_gib(),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        # Other work on the machine while measuring makes timings noisy; the load says how busy it was.
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "packages": {name: v for name in _PACKAGES if (v := package_version(name)) is not None},
+        "torch_cuda": torch.version.cuda,
+        "onnxruntime_providers": _ort_providers(),
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
@@ -52,6 +62,7 @@ def collect_environment(command: list[str] | None = None) -> dict[str, Any]:
             "memory_gib": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda,
             "driver": _nvidia_driver(),
+            "cudnn": torch.backends.cudnn.version(),
         }
     if command is not None:
         env["command"] = " ".join(command)
@@ -64,4 +75,24 @@ def _nvidia_driver() -> str | None:
             first = f.readline()
         return next((tok for tok in first.split() if tok[:1].isdigit() and "." in tok), None)
     except OSError:
+        return None
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _ort_providers() -> list[str] | None:
+    try:
+        import onnxruntime
+
+        return list(onnxruntime.get_available_providers())
+    except ImportError:
         return None

@@ -1,0 +1,93 @@
+"""What the benchmark scripts share: their command line, timing settings, and where results go."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fxbench.runtime import BenchResult, Measure, Warmup, best_artifact, render_markdown, render_table
+from fxbench.runtime.bench import Shape, shapes_from
+from fxbench.runtime.report import jsonable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def quiet() -> None:
+    """Library chatter (weight-loading bars, deprecation notes, exporter progress) would bury the
+    benchmark's own lines."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("torch", "torch._dynamo", "torch._inductor", "torch.export", "torch.onnx", "transformers", "torchao", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def parse_args(description: str, *, batch: str = "1", seq: str = "128", devices: bool = False) -> argparse.Namespace:
+    quiet()
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="Short warm-up and timing: proves the script, not the numbers.")
+    p.add_argument("--batch", default=batch, help=f"Batch sizes, comma-separated (default {batch}).")
+    p.add_argument("--seq", default=seq, help=f"Sequence lengths, comma-separated (default {seq}).")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: torch's).")
+    p.add_argument("--time", type=float, default=3.0, help="Seconds of timed runs per backend and shape (default 3, as trtexec).")
+    p.add_argument("--note", default="", help="A note stored with the results, e.g. 'noisy: other jobs on the machine'.")
+    p.add_argument("--out", type=Path, default=RESULTS, help="Folder for <name>-<device>.json and .md.")
+    if devices:
+        p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all (cuda only when present).")
+    return p.parse_args()
+
+
+def settings(args: argparse.Namespace) -> tuple[Warmup, Measure]:
+    if args.quick:
+        return Warmup(iters=3, seconds=0.2), Measure(seconds=0.5, min_iters=5)
+    return Warmup(iters=10, seconds=1.0), Measure(seconds=args.time, min_iters=10)
+
+
+def shapes(args: argparse.Namespace) -> list[Shape]:
+    return shapes_from([int(b) for b in args.batch.split(",")], [int(s) for s in args.seq.split(",")])
+
+
+def save(name: str, result: BenchResult, args: argparse.Namespace, extra: dict[str, Any], fxbench: list[str]) -> Path:
+    """Write <name>-<device>.json (the whole result, with the environment and the exact command)
+    and a .md beside it; print the table and fxbench's best artifact (among the `fxbench` labels)."""
+    from rich.console import Console
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    best = best_artifact(result, min_cosine=0.999, among=fxbench)
+    data = {
+        "benchmark": name,
+        "quick": bool(args.quick),
+        "note": args.note,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "fxbench_backends": fxbench,
+        "best_artifact": best.to_dict() if best else None,  # fxbench's fastest artifact at cosine >= 0.999
+        **extra,
+        "result": result.to_dict(),
+    }
+    path = args.out / f"{name}-{result.device}.json"
+    path.write_text(json.dumps(jsonable(data), indent=2) + "\n", encoding="utf-8")
+    note = f"\n> {args.note}\n" if args.note else ""
+    path.with_suffix(".md").write_text(render_markdown(result) + note, encoding="utf-8")
+    console = Console(width=200)
+    console.print(render_table(result))
+    if best:
+        speed = f", {best.speedup:.2f}x eager" if best.speedup else ""
+        console.print(f"fxbench's best artifact (cosine >= 0.999): {best.backend}, {best.median_ms:.3f} ms{speed}")
+    console.print(f"results: {path}")
+    return path
+
+
+def command() -> list[str]:
+    return [sys.executable.rsplit("/", 1)[-1], *sys.argv]

@@ -1,0 +1,309 @@
+"""The measurement harness: warm-up rules, timed runs (wall clock, and CUDA events on a GPU),
+latency statistics and peak memory, the way trtexec, triton's do_bench and optimum-benchmark do it."""
+
+from __future__ import annotations
+
+import gc
+import math
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fxbench.errors import FxbenchError
+
+__all__ = [
+    "BenchOptionError",
+    "LatencyStats",
+    "Measure",
+    "MemoryRecord",
+    "Timing",
+    "Warmup",
+    "WarmupRecord",
+    "first_call",
+    "peak_memory",
+    "time_runs",
+]
+
+
+class BenchOptionError(FxbenchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """When warm-up is over.
+
+    The first call is timed on its own (it compiles, autotunes, builds engines or captures graphs).
+    Then at least `iters` runs and at least `seconds` of running, and until the runs have stopped
+    getting faster: the median of the last `window` runs is no more than `tolerance` faster than the
+    median of the `window` before (lazy autotuning and CUDA-graph recording show as early runs that
+    are slower). `max_seconds` ends warm-up whatever the trend; the record says whether it was steady.
+    """
+
+    iters: int = 10
+    seconds: float = 0.5
+    window: int = 5
+    tolerance: float = 0.2
+    max_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.iters < 0 or self.seconds < 0 or self.window < 1 or self.tolerance < 0 or self.max_seconds < self.seconds:
+            raise BenchOptionError(f"bad warm-up {self}: counts and times must be >= 0 and max_seconds >= seconds")
+
+    def steady(self, times: list[float]) -> bool | None:
+        """Whether the warm-up runs so far (first call excluded) have stopped getting faster; None
+        while there are fewer than two windows of runs to compare."""
+        w = self.window
+        if len(times) < 2 * w:
+            return None
+        last, before = statistics.median(times[-w:]), statistics.median(times[-2 * w : -w])
+        return last >= before / (1.0 + self.tolerance)
+
+    def done(self, times: list[float], elapsed: float) -> bool:
+        if elapsed >= self.max_seconds:
+            return True
+        if len(times) < self.iters or elapsed < self.seconds:
+            return False
+        # Fewer runs than the trend needs: the caller asked for a short warm-up; honour the count.
+        return self.steady(times) is not False
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How many timed runs: exactly `iters` when it is set, else for `seconds` (at least
+    `min_iters`, at most `max_iters`)."""
+
+    iters: int | None = None
+    seconds: float = 2.0
+    min_iters: int = 10
+    max_iters: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.iters is not None and self.iters < 1:
+            raise BenchOptionError(f"--iters must be at least 1, not {self.iters}")
+        if self.iters is None and not self.seconds > 0:
+            raise BenchOptionError(f"--time must be positive, not {self.seconds}")
+        if self.min_iters < 1 or self.max_iters < self.min_iters:
+            raise BenchOptionError("min_iters must be at least 1 and at most max_iters")
+
+    def done(self, count: int, elapsed: float) -> bool:
+        if self.iters is not None:
+            return count >= self.iters
+        return count >= self.max_iters or (count >= self.min_iters and elapsed >= self.seconds)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of per-run latencies, in milliseconds; throughput in samples per second.
+
+    Percentiles interpolate linearly between ranks (numpy's default, as optimum-benchmark);
+    `std_ms` is the population standard deviation (ddof=0, as numpy.std).
+    """
+
+    count: int
+    mean_ms: float
+    std_ms: float
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # samples/s: batch / mean latency
+
+    @classmethod
+    def from_seconds(cls, samples: list[float], batch: int) -> LatencyStats:
+        if not samples:
+            raise ValueError("no samples")
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        mean = float(ms.mean())
+        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+        return cls(
+            count=int(ms.size), mean_ms=mean, std_ms=float(ms.std()), median_ms=p50, p90_ms=p90, p99_ms=p99,
+            min_ms=float(ms.min()), max_ms=float(ms.max()), throughput=batch * 1e3 / mean if mean > 0 else math.inf,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WarmupRecord:
+    first_call_s: float  # the first call alone: compilation, autotuning, engine build, graph capture
+    runs: int  # warm-up runs after the first call
+    seconds: float
+    steady: bool | None  # False: max_seconds ended warm-up while runs were still getting faster; None: too few runs to tell
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Raw per-run times of the timed runs, in seconds: host wall clock and, on a GPU, CUDA events."""
+
+    wall: list[float]
+    device: list[float] | None
+    warmup: WarmupRecord
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The collector stays out of the timed loop (as timeit does): a collection inside one run
+    would show as a latency outlier that belongs to no backend."""
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def first_call(step: Callable[[], object], *, device: str) -> float:
+    """Run `step` once, synchronized, and return its wall time: the call that compiles, autotunes,
+    builds engines or records graphs, kept apart from every statistic."""
+    sync: Callable[[], None] = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = _now()
+    step()
+    sync()
+    return _now() - t0
+
+
+def time_runs(
+    step: Callable[[], object], *, device: str, warmup: Warmup, measure: Measure, first_call_s: float | None = None
+) -> Timing:
+    """Warm `step` up, then time it (its first call too, unless the caller made it: `first_call_s`).
+
+    CPU: each run is timed with the wall clock. GPU: each run is bracketed by CUDA events on the
+    current stream and synchronized before the clock stops, so the wall clock is the host latency
+    (launch, run, wait) and the events are the device time; both are read after synchronizing.
+    """
+    cuda = device == "cuda"
+    sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
+
+    with _gc_paused():
+        first = first_call(step, device=device) if first_call_s is None else first_call_s
+
+        warm_times: list[float] = []
+        start = _now()
+        while not warmup.done(warm_times, _now() - start):
+            t = _now()
+            step()
+            sync()
+            warm_times.append(_now() - t)
+        warm_record = WarmupRecord(first, len(warm_times), _now() - start, warmup.steady(warm_times))
+
+        wall: list[float] = []
+        events: list[tuple[Any, Any]] = []
+        start = _now()
+        while not measure.done(len(wall), _now() - start):
+            if cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t = _now()
+                begin.record()
+                step()
+                end.record()
+                end.synchronize()
+                wall.append(_now() - t)
+                events.append((begin, end))
+            else:
+                t = _now()
+                step()
+                wall.append(_now() - t)
+    device_times = [b.elapsed_time(e) / 1e3 for b, e in events] if cuda else None
+    return Timing(wall, device_times, warm_record)
+
+
+@dataclass(frozen=True)
+class MemoryRecord:
+    """Peak memory over one measurement (bind, first call, warm-up and timed runs), in MiB.
+
+    `kind`: "rss" (CPU: the process's peak resident set, VmHWM, reset before the run), "cuda-allocator"
+    (torch's allocator peak) or "cuda-device" (device memory in use, for backends that allocate
+    outside torch: ONNX Runtime, TensorRT; read after the run, so a transient peak may be missed).
+    `growth_mib` is the peak minus what was in use when the measurement began.
+    """
+
+    kind: str
+    peak_mib: float
+    growth_mib: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _proc_status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class _MemoryProbe:
+    device: str
+    torch_allocator: bool
+    record: MemoryRecord | None = field(default=None)
+
+
+@contextmanager
+def peak_memory(device: str, torch_allocator: bool = True) -> Iterator[_MemoryProbe]:
+    """Measure peak memory over the block; the probe's `record` is set when it ends."""
+    probe = _MemoryProbe(device, torch_allocator)
+    mib = 1 / 1024
+    if device == "cuda":
+        torch.cuda.synchronize()
+        if torch_allocator:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            free, total = torch.cuda.mem_get_info()
+            base = total - free
+        yield probe
+        torch.cuda.synchronize()
+        if torch_allocator:
+            peak = torch.cuda.max_memory_allocated()
+            probe.record = MemoryRecord("cuda-allocator", peak / 2**20, (peak - base) / 2**20)
+        else:
+            free, total = torch.cuda.mem_get_info()
+            used = total - free
+            probe.record = MemoryRecord("cuda-device", used / 2**20, (used - base) / 2**20)
+        return
+    reset = _reset_peak_rss()
+    base_kib = _proc_status_kib("VmRSS")
+    # Without clear_refs the lifetime peak is all there is: growth is then only what exceeds it.
+    before_max_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield probe
+    if reset and base_kib is not None:
+        hwm = _proc_status_kib("VmHWM") or 0
+        probe.record = MemoryRecord("rss", hwm * mib, max(0, hwm - base_kib) * mib)
+    else:
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        probe.record = MemoryRecord("rss-lifetime", after * mib, max(0, after - before_max_kib) * mib)

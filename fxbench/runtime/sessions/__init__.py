@@ -1,0 +1,22 @@
+"""One session type per backend behind one interface: named inputs in, the capture's outputs out."""
+
+from fxbench.runtime.sessions.base import ArtifactMissingError, Bound, Session, SessionOptions, cuda_unavailable_reason
+from fxbench.runtime.sessions.onnxruntime import OrtSession
+from fxbench.runtime.sessions.tensorrt import TensorRTSession, engine_mismatch, sidecar_path
+from fxbench.runtime.sessions.torch_backends import AotiSession, CompileSession, EagerSession, ProgramSession
+
+__all__ = [
+    "AotiSession",
+    "ArtifactMissingError",
+    "Bound",
+    "CompileSession",
+    "EagerSession",
+    "OrtSession",
+    "ProgramSession",
+    "Session",
+    "SessionOptions",
+    "TensorRTSession",
+    "cuda_unavailable_reason",
+    "engine_mismatch",
+    "sidecar_path",
+]

@@ -1,0 +1,97 @@
+"""The benchmark orchestration: a sweep over batch and sequence, parity before timing, failures
+that stay local, speedups and the best-artifact pick."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fxbench.runtime.bench import BackendRecord, BenchResult, Measurement, ParityRecord, Shape, best_artifact, run_benchmark, shapes_from
+from fxbench.runtime.harness import LatencyStats, Measure, Warmup
+
+QUICK = dict(warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=4), threads=1)
+
+
+THREADS_BEFORE = torch.get_num_threads()
+
+
+@pytest.fixture(scope="module")
+def sweep(captured) -> BenchResult:
+    return run_benchmark(captured("bert"), ["eager", "eager-bf16", "program"], shapes_from([1, 2], [8, 16]), **QUICK)
+
+
+def test_sweep_measures_every_backend_at_every_shape(sweep):
+    assert [s.label for s in sweep.shapes] == ["b1 s8", "b1 s16", "b2 s8", "b2 s16"]
+    assert [(b.label, b.status, b.precision) for b in sweep.backends] == [("eager", "ok", "fp32"), ("eager-bf16", "ok", "bf16"), ("program", "ok", "fp32")]
+    assert len(sweep.measurements) == 3 * 4
+    for m in sweep.measurements:
+        assert m.status == "ok" and m.latency.count == 4 and m.device_latency is None
+        assert m.warmup.runs >= 1 and m.warmup.first_call_s > 0
+        assert m.memory.kind == "rss" and m.memory.growth_mib >= 0
+        assert m.parity.passed and m.parity.agreement.metric == "embedding cosine"
+    eager, bf16 = sweep.measurement("eager", Shape(2, 16)), sweep.measurement("eager-bf16", Shape(2, 16))
+    assert eager.parity.max_abs_error == 0 and eager.parity.cosine == pytest.approx(1.0)
+    assert 0 < bf16.parity.max_abs_error and bf16.parity.precision == "bf16" and bf16.parity.cosine > 0.995
+    assert sweep.threads == 1 and sweep.environment["torch_threads"] == 1 and sweep.environment["command"]
+    assert torch.get_num_threads() == THREADS_BEFORE  # the caller's setting is restored
+
+
+def test_speedup_is_the_ratio_of_medians_against_eager(sweep):
+    for shape in sweep.shapes:
+        base, prog = sweep.measurement("eager", shape), sweep.measurement("program", shape)
+        assert sweep.speedup("program", shape) == pytest.approx(base.latency.median_ms / prog.latency.median_ms)
+        assert sweep.speedup("eager", shape) == pytest.approx(1.0)
+    data = sweep.to_dict()
+    assert data["speedups"]["program"]["b1 s8"] == pytest.approx(sweep.speedup("program", Shape(1, 8)))
+
+
+def test_a_backend_failing_at_one_shape_does_not_stop_the_run(captured):
+    # The capture accepts batches up to 64: the program fails at 65, eager does not.
+    result = run_benchmark(captured("bert"), ["program", "eager"], [Shape(65, 4), Shape(2, 4)], **QUICK)
+    bad, good = result.measurement("program", Shape(65, 4)), result.measurement("program", Shape(2, 4))
+    assert bad.status == "failed" and bad.latency is None and bad.reason
+    assert good.status == "ok" and result.measurement("eager", Shape(65, 4)).status == "ok"
+
+
+def test_language_model_agreement_is_next_token_argmax(captured):
+    result = run_benchmark(captured("gpt2"), ["eager", "program"], [Shape(2, 8)], **QUICK)
+    m = result.measurement("program", Shape(2, 8))
+    assert result.task == "text-generation"
+    assert m.parity.agreement.metric == "next-token argmax" and m.parity.agreement.value == 1.0
+
+
+def _result(rows: dict[str, tuple[str | None, list[tuple[float, float, float]]]]) -> BenchResult:
+    """A BenchResult with given (artifact, [(median ms, cosine, max abs) per shape]) per backend."""
+    shapes = (Shape(1, 8), Shape(4, 8))
+    backends, measurements = [], []
+    for label, (artifact, per_shape) in rows.items():
+        backends.append(BackendRecord(label, label.split("@")[0], "", "cpu", "fp32", artifact, "ok"))
+        for shape, (median, cos, err) in zip(shapes, per_shape):
+            parity = ParityRecord(err, err, cos, True, "fp32", True, "", None)
+            latency = LatencyStats.from_seconds([median / 1e3] * 3, shape.batch)
+            measurements.append(Measurement(label, shape.batch, shape.seq, "ok", latency=latency, parity=parity))
+    return BenchResult({}, "feature-extraction", "cpu", 1, "", shapes, tuple(backends), tuple(measurements), {}, {}, "", 0.0)
+
+
+def test_best_artifact_is_the_fastest_that_keeps_its_answers():
+    result = _result({
+        "eager": (None, [(10.0, 1.0, 0.0), (40.0, 1.0, 0.0)]),
+        "program": (None, [(1.0, 1.0, 0.0), (1.0, 1.0, 0.0)]),  # fastest, but no artifact file
+        "ort@model.onnx": ("model.onnx", [(4.0, 0.999999, 1e-5), (16.0, 0.999999, 1e-5)]),
+        "aoti@model.aoti.pt2": ("model.aoti.pt2", [(2.0, 0.99999, 1e-4), (32.0, 1.0, 1e-4)]),  # geomean 8 ms
+        "ort@model.int8.onnx": ("model.int8.onnx", [(1.5, 0.99, 0.2), (6.0, 0.99, 0.2)]),  # fastest artifact, too far off
+    })
+    choice = best_artifact(result, min_cosine=0.9999)
+    assert choice is not None and choice.backend == "ort@model.onnx"
+    assert choice.median_ms == pytest.approx(8.0) and choice.speedup == pytest.approx(math.sqrt(2.5 * 2.5))
+    # A looser cosine lets int8 in; a tight max abs error keeps only the most exact.
+    assert best_artifact(result, min_cosine=0.98).backend == "ort@model.int8.onnx"
+    assert best_artifact(result, min_cosine=0.98, max_abs_error=5e-5).backend == "ort@model.onnx"
+    # At one shape the ranking can differ: aoti is the faster at batch 1.
+    assert best_artifact(result, min_cosine=0.9999, shape=Shape(1, 8)).backend == "aoti@model.aoti.pt2"
+    assert best_artifact(result, min_cosine=0.9999, artifacts_only=False).backend == "program"
+    assert best_artifact(result, min_cosine=1.01) is None
+    # Among fxbench's own artifacts only (baselines ran beside them in the same result).
+    assert best_artifact(result, min_cosine=0.9999, among=["aoti@model.aoti.pt2"]).backend == "aoti@model.aoti.pt2"
