@@ -15,10 +15,10 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.
 from conftest import ALL_FAMILIES
 from onnx import TensorProto, helper
 
-from fxbench.errors import ExportError, VerificationError
-from fxbench.exporters import ExportOptions, ExportSubject, export_artifacts
+from fxbench.errors import BackendUnavailableError, ExportError, VerificationError
+from fxbench.exporters import ExportOptions, ExportSubject, export_artifacts, parse_targets, preflight
 from fxbench.exporters.checks import build_checks
-from fxbench.exporters.onnx import MAX_OPSET, export_onnx, validate_opset
+from fxbench.exporters.onnx import MAX_OPSET, export_onnx, ort_providers, validate_opset
 from fxbench.exporters.onnx_fusions import embed_layer_norm_rules, fuse_for_ort
 from fxbench.models import export_graph_module
 from fxbench.numerics import Tolerance
@@ -295,6 +295,21 @@ def test_unsupported_opsets_are_refused(opset):
         validate_opset(opset)
     with pytest.raises(ExportError):
         ExportOptions(opset=opset)
+
+
+def test_bad_options_fail_before_any_work():
+    with pytest.raises(ExportError, match="--device 'tpu' is not one of cpu, cuda"):
+        ExportOptions(device="tpu")
+    with pytest.raises(ExportError, match="unknown ONNX Runtime level 'max'"):
+        ExportOptions(ort_level="max")
+    with pytest.raises(ExportError, match="unknown export target 'coreml'"):
+        parse_targets("onnx,coreml")
+    assert parse_targets("aoti, ONNX,onnx-ort") == ("onnx", "onnx-ort", "aoti")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendUnavailableError, match="needs ONNX Runtime's CUDA execution provider"):
+            ort_providers("cuda")
+        assert set(preflight(["onnx", "onnx-ort"], ExportOptions(device="cuda"))) == {"onnx", "onnx-ort"}
+    assert ort_providers("cpu") == ["CPUExecutionProvider"]
 
 
 @torch.library.custom_op("fxbench_test::halve", mutates_args=())
