@@ -100,10 +100,11 @@ ShapesOpt = Annotated[Optional[str], typer.Option("--shapes", help="TensorRT pro
 DeviceOpt = Annotated[str, typer.Option("--device", help="Device the artifacts are built and checked for: cpu or cuda.")]
 
 
-def _export_options(opset: int | None, shapes: str | None, device: str):  # noqa: ANN202 - lazy import of the type
-    from fxbench.exporters.targets import ExportOptions
+def _export_options(opset: int | None, shapes: str | None, device: str, trt_precision: str | None = None):  # noqa: ANN202
+    from fxbench.exporters.targets import ExportOptions  # lazily: it loads onnx and onnxruntime
 
-    return ExportOptions(device=device, shapes=shapes, **({"opset": opset} if opset is not None else {}))
+    return ExportOptions(device=device, shapes=shapes, tensorrt_precision=trt_precision,
+                         **({"opset": opset} if opset is not None else {}))
 
 
 @app.command()
@@ -176,6 +177,7 @@ def export(
     opset: OpsetOpt = None,
     shapes: ShapesOpt = None,
     device: DeviceOpt = "cpu",
+    trt_precision: Annotated[Optional[str], typer.Option("--trt-precision", help="TensorRT precision (default: the graph's); fp16/bf16 lower an fp32 graph with TensorRT 10's builder flags.")] = None,
     task: TaskOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing artifacts or a non-empty output folder.")] = False,
     json_out: JsonOpt = False,
@@ -187,7 +189,7 @@ def export(
     progress = _Progress(enabled=True)
     try:
         request = ExportRequest(source=model, targets=tuple(to.split(",")), output=output,
-                                options=_export_options(opset, shapes, device), force=force, task=task)
+                                options=_export_options(opset, shapes, device, trt_precision), force=force, task=task)
         result = run_export(request, events=progress)
     except FxbenchError as exc:
         progress.stop()

@@ -95,7 +95,6 @@ def test_export_of_a_model_captures_it_and_writes_a_new_folder(tiny_dir, tmp_pat
 @pytest.mark.parametrize("args, message", [
     (["--to", "onnx", "--opset", "7"], "--opset 7 is not supported: torch.onnx exports opsets 18 to 23"),
     (["--to", "tensorrt", "--shapes", "input_ids:1x16,8x128"], "bad --shapes entry 'input_ids:1x16,8x128'"),
-    (["--to", "onnx,coreml"], "unknown export target 'coreml'"),
     (["--to", "onnx", "-o", "{nonempty}"], "is not empty; pass --force"),
     pytest.param(["--to", "tensorrt"], "--to tensorrt needs", marks=pytest.mark.skipif(TENSORRT_HERE, reason="TensorRT works here")),
 ])

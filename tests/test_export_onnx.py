@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -223,8 +223,9 @@ def _fake_quantize_linears(gm: torch.fx.GraphModule, inputs: dict[str, torch.Ten
 
 
 def _to_fp16(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """fp16 weights, inputs cast to fp16 on entry and outputs to fp32 on exit."""
-    gm = gm.half()
+    """fp16 weights, inputs cast to fp16 on entry and outputs to fp32 on exit (on a copy: the
+    unlifted module shares its weights with the session's captured program)."""
+    gm = copy.deepcopy(gm).half()
     for p in list(gm.graph.find_nodes(op="placeholder")):
         with gm.graph.inserting_after(p):
             cast = gm.graph.call_function(aten._to_copy.default, (p,), {"dtype": torch.float16})

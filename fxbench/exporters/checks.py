@@ -58,25 +58,26 @@ class Check:
     reference: tuple[torch.Tensor, ...]
 
 
-def _dim_max(captured: CapturedProgram, dim_name: str) -> int | None:
+def _dim_range(captured: CapturedProgram, dim_name: str) -> tuple[int, int] | None:
     for spec in (captured.dynamic_shapes or {}).values():
         for dim in spec.values():
             if dim.__name__ == dim_name:
-                return int(dim.max)
+                return int(dim.min), int(dim.max)
     return None
 
 
 def second_shape(captured: CapturedProgram, batch: int = 3, seq: int = 40) -> tuple[int, int | None] | None:
     """(batch, seq) for the check that proves the dynamic axes: batch 3 and sequence 40 (the
-    decoder length for encoder-decoder models), capped to the captured ranges; None when the
+    decoder length for encoder-decoder models), kept inside the captured ranges; None when the
     program was captured with static shapes."""
-    batch_max = _dim_max(captured, "batch")
-    if batch_max is None:
+    batch_range = _dim_range(captured, "batch")
+    if batch_range is None:
         return None
-    seq_max = _dim_max(captured, "decoder_seq" if captured.loaded.is_encoder_decoder else "seq")
-    if captured.inputs.seq is None or seq_max is None:
-        return min(batch, batch_max), None
-    return min(batch, batch_max), min(seq, seq_max)
+    clamp = lambda value, lo_hi: min(max(value, lo_hi[0]), lo_hi[1])  # noqa: E731
+    seq_range = _dim_range(captured, "decoder_seq" if captured.loaded.is_encoder_decoder else "seq")
+    if captured.inputs.seq is None or seq_range is None:
+        return clamp(batch, batch_range), None
+    return clamp(batch, batch_range), clamp(seq, seq_range)
 
 
 def _check_name(captured: CapturedProgram, batch: int, seq: int | None) -> str:
