@@ -10,7 +10,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ __all__ = [
     "export_onnx",
     "onnx_files",
     "ort_providers",
+    "save_onnx",
     "validate_opset",
 ]
 

@@ -10,7 +10,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-__all__ = ["CONTRIB_OPS", "embed_layer_norm_rules", "fuse_for_ort", "contrib_op_counts"]
+__all__ = ["CONTRIB_OPS", "EmbedLayerNormFusion", "contrib_op_counts", "embed_layer_norm_rules", "fuse_for_ort"]
 
 # The com.microsoft ops that the fusions produce, counted in the fused graph for the report.
 CONTRIB_OPS = (

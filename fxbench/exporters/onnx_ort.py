@@ -18,7 +18,7 @@ from fxbench.exporters.checks import Check, ExportSubject, verify
 from fxbench.exporters.onnx import EXTERNAL_DATA_THRESHOLD, OnnxRunner, onnx_files, ort_providers, save_onnx
 from fxbench.exporters.onnx_fusions import contrib_op_counts, fuse_for_ort
 
-__all__ = ["ORT_LEVELS", "OrtOptimization", "export_onnx_ort", "optimize_offline", "ort_file_name"]
+__all__ = ["DEFAULT_LEVEL", "ORT_LEVELS", "OrtOptimization", "export_onnx_ort", "optimize_offline", "ort_file_name"]
 
 ORT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

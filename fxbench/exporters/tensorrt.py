@@ -27,6 +27,7 @@ from fxbench.exporters.onnx import onnx_files
 from fxbench.numerics import Tolerance
 
 __all__ = [
+    "DEFAULT_WORKSPACE_GIB",
     "ENGINE_FILE",
     "SIDECAR_FILE",
     "EngineCompatibility",
