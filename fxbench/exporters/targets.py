@@ -164,7 +164,9 @@ def _brief(artifact: Artifact) -> str:
     checks = ", ".join(artifact.parity)
     if worst is None:
         return artifact.file
-    return f"{artifact.file}: {checks} cos>={worst['cosine']:.6f} max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}"
+    below = "; below its tolerance, kept as a baseline" if artifact.details.get("meets_tolerance") is False else ""
+    return (f"{artifact.file}: {checks} cos>={worst['cosine']:.6f} "
+            f"max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}{below}")
 
 
 def export_artifacts(
