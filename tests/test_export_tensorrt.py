@@ -163,6 +163,7 @@ def test_sidecar_records_versions_gpu_profiles_and_the_onnx_hash(bert_onnx, tmp_
     engine, record, profile = _fake_engine(bert_onnx, tmp_path, H100)
     assert record["tensorrt_version"] == "10.7.0.23"
     assert record["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    assert (record["gpu_name"], record["compute_capability"]) == ("NVIDIA H100 80GB HBM3", "9.0")
     assert record["onnx"]["file"] == "model.onnx"
     assert record["onnx"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert record["engine"]["sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()

@@ -350,6 +350,9 @@ def sidecar_record(
         "engine": {"file": engine.name, "bytes": engine.stat().st_size, "sha256": _sha256([engine])},
         "tensorrt_version": host.tensorrt_version,
         "gpu": {"name": host.gpu_name, "compute_capability": host.compute_capability},
+        # Flat copies for readers that look for top-level keys (fxbench.runtime's TensorRT session).
+        "gpu_name": host.gpu_name,
+        "compute_capability": host.compute_capability,
         "cuda": torch.version.cuda,
         "onnx": {"file": onnx_path.name, "files": [f.name for f in sources], "bytes": sum(f.stat().st_size for f in sources),
                  "sha256": _sha256(sources)},
