@@ -95,6 +95,16 @@ def _range(text: str, what: str) -> tuple[int, int]:
 ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench[demo]).")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task head to load (default: from the config's architectures).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset for ONNX targets (18-23; default 18).")]
+ShapesOpt = Annotated[Optional[str], typer.Option("--shapes", help="TensorRT profile NAME:MIN,OPT,MAX per input, e.g. input_ids:1x16,8x128,32x512 (';' between inputs).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Device the artifacts are built and checked for: cpu or cuda.")]
+
+
+def _export_options(opset: int | None, shapes: str | None, device: str, trt_precision: str | None = None):  # noqa: ANN202
+    from fxbench.exporters.targets import ExportOptions  # lazily: it loads onnx and onnxruntime
+
+    return ExportOptions(device=device, shapes=shapes, tensorrt_precision=trt_precision,
+                         **({"opset": opset} if opset is not None else {}))
 
 
 @app.command()
@@ -112,9 +122,14 @@ def optimize(
     seq_range: Annotated[str, typer.Option("--seq-range", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
     static: Annotated[bool, typer.Option("--static", help="Capture with static shapes.")] = False,
     attn: Annotated[Optional[str], typer.Option("--attn", help="Attention implementation to load: eager or sdpa.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Also export: comma-separated onnx, onnx-ort, onnx-int8, tensorrt, aoti.")] = None,
+    opset: OpsetOpt = None,
+    shapes: ShapesOpt = None,
+    device: DeviceOpt = "cpu",
     json_out: JsonOpt = False,
 ) -> None:
-    """Capture MODEL, run a verified pass pipeline and write DIR/model.pt2 and DIR/report.json."""
+    """Capture MODEL, run a verified pass pipeline and write DIR/model.pt2 and DIR/report.json (and
+    the --target artifacts)."""
     from fxbench.models import DynamicDims
     from fxbench.runtime.workflow import OptimizeRequest
     from fxbench.runtime.workflow import optimize as run_optimize
@@ -126,6 +141,8 @@ def optimize(
             model=model, output=output, task=task, pipeline=pipeline, passes=edits, strict=strict, force=force,
             batch=batch, seq=seq, attn_implementation=attn,
             dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
+            targets=tuple(target.split(",")) if target else (),
+            export=_export_options(opset, shapes, device),
         )
         result = run_optimize(request, events=progress)
     except FxbenchError as exc:
@@ -137,13 +154,75 @@ def optimize(
         from fxbench.runtime.report import jsonable
 
         print(json.dumps(jsonable(result.report), indent=2))
-        return
-    _print_pass_table(result.report["passes"])
-    parity = result.report["parity"]["final"]
-    out.print(
-        f"[bold]{result.output_dir}[/]: model.pt2 + report.json; final parity max_abs={parity['max_abs_error']:.3g} "
-        f"cosine={parity['cosine']:.6f}"
-    )
+    else:
+        _print_pass_table(result.report["passes"])
+        if len(result.report["artifacts"]) > 1:
+            _print_artifact_table(result.report["artifacts"])
+        parity = result.report["parity"]["final"]
+        out.print(
+            f"[bold]{result.output_dir}[/]: model.pt2 + report.json; final parity max_abs={parity['max_abs_error']:.3g} "
+            f"cosine={parity['cosine']:.6f}"
+        )
+    try:
+        result.raise_for_failures()  # the other artifacts are written; the exit says some failed
+    except FxbenchError as exc:
+        _fail(exc)
+
+
+@app.command()
+def export(
+    model: Annotated[Optional[str], typer.Argument(help="Hub model id or folder (captured, no passes), an fxbench output folder or a model.pt2; omitted: the demo model.")] = None,
+    to: Annotated[str, typer.Option("--to", help="Comma-separated targets: onnx, onnx-ort, onnx-int8, tensorrt, aoti.")] = "onnx",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: the output folder given, else fxbench-out/<model>).")] = None,
+    opset: OpsetOpt = None,
+    shapes: ShapesOpt = None,
+    device: DeviceOpt = "cpu",
+    trt_precision: Annotated[Optional[str], typer.Option("--trt-precision", help="TensorRT precision (default: the graph's); fp16/bf16 lower an fp32 graph with TensorRT 10's builder flags.")] = None,
+    task: TaskOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing artifacts or a non-empty output folder.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export MODEL (or a saved optimized program) to deployable artifacts, each checked against eager PyTorch."""
+    from fxbench.runtime.workflow import ExportRequest
+    from fxbench.runtime.workflow import export as run_export
+
+    progress = _Progress(enabled=True)
+    try:
+        request = ExportRequest(source=model, targets=tuple(to.split(",")), output=output,
+                                options=_export_options(opset, shapes, device, trt_precision), force=force, task=task)
+        result = run_export(request, events=progress)
+    except FxbenchError as exc:
+        progress.stop()
+        _fail(exc)
+    finally:
+        progress.stop()
+    if json_out:
+        from fxbench.runtime.report import jsonable
+
+        print(json.dumps(jsonable(result.report), indent=2))
+    else:
+        _print_artifact_table([a.to_dict() for a in result.artifacts])
+        out.print(f"[bold]{result.output_dir}[/]: {', '.join(a.file for a in result.artifacts)} + report.json")
+    try:
+        result.raise_for_failures()
+    except FxbenchError as exc:
+        _fail(exc)
+
+
+def _print_artifact_table(artifacts: list[dict]) -> None:
+    table = Table(title="artifacts", title_justify="left")
+    for col in ("kind", "file", "device", "precision", "checks", "cosine", "max rel err", "MiB", "s"):
+        table.add_column(col, justify="right" if col in ("cosine", "max rel err", "MiB", "s") else "left")
+    for a in artifacts:
+        parity = a.get("parity") or {}
+        size = a.get("details", {}).get("bytes")
+        table.add_row(
+            a["kind"], a["file"], a["device"], a["precision"], ", ".join(parity) or "-",
+            f"{min(p['cosine'] for p in parity.values()):.6f}" if parity else "-",
+            f"{max(p['max_rel_error'] for p in parity.values()):.2e}" if parity else "-",
+            f"{size / 2**20:.1f}" if size else "-", f"{a.get('seconds', 0.0):.1f}",
+        )
+    out.print(table)
 
 
 def _print_pass_table(records: list[dict]) -> None:

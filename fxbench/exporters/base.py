@@ -11,11 +11,12 @@ __all__ = ["ARTIFACT_KINDS", "Artifact", "read_artifacts"]
 
 # kind -> what it is. File names inside an output folder are fixed per kind and device so that
 # `fxbench bench DIR` finds them: model.pt2, model.onnx, model.ort.onnx (model.ort-cuda.onnx),
-# model.engine (+ model.engine.json), model.aoti.pt2 (model.aoti-cuda.pt2).
+# model.engine (+ model.engine.json), model.aoti.pt2 (model.aoti-cuda.pt2), model.int8-dynamic.onnx.
 ARTIFACT_KINDS = {
     "program": "the optimized torch.export program (torch.export.load)",
     "onnx": "ONNX exported with torch.onnx (dynamo), checked in ONNX Runtime",
     "onnx-ort": "ONNX Runtime's offline-optimized ONNX for one execution provider",
+    "onnx-int8": "ONNX Runtime's dynamic int8 quantization of the ONNX export (the baseline for fxbench's int8)",
     "tensorrt": "a serialized TensorRT engine with its JSON sidecar",
     "aoti": "an AOTInductor package (torch._inductor.aoti_load_package)",
 }

@@ -1,0 +1,70 @@
+"""An AOTInductor package of the optimized program, compiled for CPU or CUDA and checked after loading it back."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch.export.passes import move_to_device_pass
+
+from fxbench.errors import BackendUnavailableError, ExportError
+from fxbench.exporters.base import Artifact
+from fxbench.exporters.checks import Check, ExportSubject, verify
+
+__all__ = ["aoti_file_name", "export_aoti", "require_aoti"]
+
+
+def aoti_file_name(device: str) -> str:
+    return "model.aoti-cuda.pt2" if device == "cuda" else "model.aoti.pt2"
+
+
+def require_aoti(device: str) -> None:
+    """AOTInductor compiles C++ (and CUDA for a GPU package): fail fast, in one line, without them."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("--to aoti --device cuda needs a CUDA GPU and a CUDA build of torch; none is visible")
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise BackendUnavailableError("--to aoti needs a C++ compiler (g++ or clang++) on PATH for AOTInductor")
+
+
+def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *, device: str = "cpu") -> Artifact:
+    """Compile `subject.program` with `torch._inductor.aoti_compile_and_package` (dynamic shapes as
+    captured) into `folder/model.aoti.pt2` (`model.aoti-cuda.pt2`), load it back with
+    `aoti_load_package` and check it against eager on every check's inputs."""
+    require_aoti(device)
+    start = time.perf_counter()
+    program = subject.program if device == "cpu" else move_to_device_pass(subject.program, device)
+    path = Path(folder) / aoti_file_name(device)
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    except Exception as exc:  # noqa: BLE001 - inductor raises many types; all become one line
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise ExportError(f"AOTInductor compile failed: {type(exc).__name__}: {first[:240]}") from exc
+    compile_seconds = time.perf_counter() - start
+    runner = torch._inductor.aoti_load_package(str(path))
+
+    def run(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            out = runner(**{name: t.to(device) for name, t in tensors.items()})
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+    parity = verify(run, checks, subject, f"{path.name} (AOTInductor)")
+    return Artifact(
+        kind="aoti",
+        file=path.name,
+        device=device,
+        precision=subject.precision,
+        input_names=subject.input_names,
+        output_names=subject.output_names,
+        parity=parity,
+        details={
+            "bytes": path.stat().st_size,
+            "compile_seconds": round(compile_seconds, 2),
+            "torch": torch.__version__,
+            "dynamic": {name: {str(a): d.__name__ for a, d in spec.items()} for name, spec in (subject.captured.dynamic_shapes or {}).items()},
+            "load_with": f"torch._inductor.aoti_load_package('{path.name}')",
+        },
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,118 @@
+"""What every artifact is checked on: the sample inputs and a second shape, against eager PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+
+from fxbench.errors import VerificationError
+from fxbench.models import CapturedProgram, run_module
+from fxbench.numerics import Parity, Tolerance, compare
+
+__all__ = ["Check", "ExportSubject", "build_checks", "second_shape", "verify"]
+
+Runner = Callable[[Mapping[str, torch.Tensor]], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class ExportSubject:
+    """The optimized program to export, the capture it came from, and what it is held to.
+
+    `program` is the optimized graph exported again with the capture's dynamic shapes
+    (`fxbench.models.export_graph_module`). `rebased` is True when the pipeline changed the model on
+    purpose (layer surgery, new outputs): artifacts are then checked against the optimized
+    program itself, since eager PyTorch no longer computes the same function.
+    """
+
+    program: ExportedProgram
+    captured: CapturedProgram
+    output_names: tuple[str, ...]
+    precision: str = "fp32"
+    tolerance: Tolerance | None = None
+    rebased: bool = False
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.captured.input_names
+
+    @property
+    def held_to(self) -> Tolerance:
+        return self.tolerance or Tolerance.for_precision(self.precision)
+
+    def reference(self, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if self.rebased:
+            return run_module(self.program.module(), tensors)
+        return self.captured.run_eager(tensors)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One set of inputs an artifact must reproduce, with the reference outputs."""
+
+    name: str
+    inputs: dict[str, torch.Tensor]
+    reference: tuple[torch.Tensor, ...]
+
+
+def _dim_range(captured: CapturedProgram, dim_name: str) -> tuple[int, int] | None:
+    for spec in (captured.dynamic_shapes or {}).values():
+        for dim in spec.values():
+            if dim.__name__ == dim_name:
+                return int(dim.min), int(dim.max)
+    return None
+
+
+def second_shape(captured: CapturedProgram, batch: int = 3, seq: int = 40) -> tuple[int, int | None] | None:
+    """(batch, seq) for the check that proves the dynamic axes: batch 3 and sequence 40 (the
+    decoder length for encoder-decoder models), kept inside the captured ranges; None when the
+    program was captured with static shapes."""
+    batch_range = _dim_range(captured, "batch")
+    if batch_range is None:
+        return None
+    clamp = lambda value, lo_hi: min(max(value, lo_hi[0]), lo_hi[1])  # noqa: E731
+    seq_range = _dim_range(captured, "decoder_seq" if captured.loaded.is_encoder_decoder else "seq")
+    if captured.inputs.seq is None or seq_range is None:
+        return clamp(batch, batch_range), None
+    return clamp(batch, batch_range), clamp(seq, seq_range)
+
+
+def _check_name(captured: CapturedProgram, batch: int, seq: int | None) -> str:
+    if seq is None:
+        return f"batch{batch}"
+    return f"batch{batch}_{'decoder_seq' if captured.loaded.is_encoder_decoder else 'seq'}{seq}"
+
+
+def build_checks(subject: ExportSubject, batch: int = 3, seq: int = 40) -> tuple[Check, ...]:
+    """The sample inputs, and (for dynamic programs) inputs at a second shape made the same way,
+    each with its reference outputs computed once for every artifact."""
+    captured = subject.captured
+    sample = dict(captured.inputs.tensors)
+    sample_ref = captured.reference if not subject.rebased else subject.reference(sample)
+    checks = [Check("sample", sample, tuple(sample_ref))]
+    shape = second_shape(captured, batch, seq)
+    if shape is not None:
+        inputs = dict(captured.make_inputs(shape[0], shape[1], seed=1).tensors)
+        checks.append(Check(_check_name(captured, *shape), inputs, subject.reference(inputs)))
+    return tuple(checks)
+
+
+def verify(run: Runner, checks: Sequence[Check], subject: ExportSubject, what: str,
+           tolerance: Tolerance | None = None, *, strict: bool = True) -> dict[str, dict[str, Any]]:
+    """Run `run` on every check and compare with the reference; VerificationError if any misses
+    the tolerance (the subject's, or `tolerance` for an artifact that lowers precision itself),
+    unless `strict` is False (a baseline, recorded whatever it scores)."""
+    held_to = tolerance or subject.held_to
+    parities: dict[str, Parity] = {}
+    for check in checks:
+        outputs = run(check.inputs)
+        parity = compare(outputs, check.reference, subject.output_names)
+        if strict and not held_to.accepts(parity):
+            raise VerificationError(
+                f"{what} does not match eager PyTorch on the {check.name} inputs: {held_to.explain(parity)}"
+            )
+        parities[check.name] = parity
+    return {name: p.to_dict() for name, p in parities.items()}

@@ -1,0 +1,177 @@
+"""Transformer fusions for ONNX Runtime on fxbench's exports: onnxscript's ORT fusions plus EmbedLayerNormalization."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+__all__ = ["CONTRIB_OPS", "EmbedLayerNormFusion", "contrib_op_counts", "embed_layer_norm_rules", "fuse_for_ort"]
+
+# The com.microsoft ops that the fusions produce, counted in the fused graph for the report.
+CONTRIB_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "RotaryEmbedding",
+    "FusedMatMul",
+)
+
+
+class EmbedLayerNormFusion(pattern.RewriteRuleClassBase):
+    """Word + position (+ segment) embedding lookups, summed and layer-normalized, into ORT's
+    EmbedLayerNormalization.
+
+    Rules:
+    1. The three lookups are Gathers on axis 0 of constant [vocab, hidden] tables; the sum may add
+       them in any order ((word + segment) + position, (word + position) + segment, commuted).
+    2. The position ids are passed to the fused op as they are (cast to int32), so positions that
+       a model computes (offsets, padding-aware ids) stay exact; they must be [batch, seq] or
+       [1, seq] over the same sequence as the input ids.
+    3. The embedding sum stays available (the op's `embedding_sum` output) for models whose first
+       block also takes it as a residual (GPT-2 style).
+    4. LayerNormalization over the last axis, gamma and beta [hidden], fp32 statistics.
+
+    onnxscript's ORT fusions have no rule for this op, and ORT's own transformer optimizer matches
+    only the TorchScript exporter's embedding subgraph, so neither fires on a dynamo export.
+    """
+
+    def __init__(self, name: str, *, segment: bool, position_last: bool = True):
+        super().__init__(name)
+        self._segment = segment
+        self._position_last = position_last
+
+    def pattern(self, op, input_ids, segment_ids, position_ids, word_embedding, segment_embedding, position_embedding, gamma, beta):
+        word = op.Gather(word_embedding, input_ids, axis=0)
+        position = op.Gather(position_embedding, position_ids, axis=0)
+        if self._segment:
+            segment = op.Gather(segment_embedding, segment_ids, axis=0)
+            if self._position_last:
+                total = op.Add(op.Add(word, segment), position)
+            else:
+                total = op.Add(op.Add(word, position), segment)
+        else:
+            total = op.Add(word, position)
+        normalized = op.LayerNormalization(total, gamma, beta, axis=-1, _allow_other_attributes=True, _outputs=["layer_norm"])
+        return normalized, total
+
+    def check(self, context, input_ids, position_ids, word_embedding, position_embedding, gamma, beta, layer_norm,
+              segment_ids=None, segment_embedding=None, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        tables = [word_embedding, position_embedding] + ([segment_embedding] if self._segment else [])
+        for table in tables:
+            if table.const_value is None or table.shape is None or table.shape.rank() != 2:
+                return result.fail("an embedding table is not a constant [vocab, hidden] tensor", table)
+        hidden = word_embedding.shape[1]
+        if any(t.shape[1] != hidden for t in tables):
+            return result.fail("the embedding tables differ in hidden size")
+        for vec in (gamma, beta):
+            if vec.const_value is None or vec.shape is None or vec.shape.rank() != 1 or vec.shape[0] != hidden:
+                return result.fail("gamma / beta are not constant [hidden] vectors", vec)
+        if word_embedding.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
+            return result.fail("EmbedLayerNormalization takes fp32 or fp16 tables", word_embedding)
+        ids = [input_ids, position_ids] + ([segment_ids] if self._segment else [])
+        if any(v.dtype not in (ir.DataType.INT64, ir.DataType.INT32) or v.shape is None or v.shape.rank() != 2 for v in ids):
+            return result.fail("the ids are not rank-2 integer tensors")
+        batch, seq = input_ids.shape[0], input_ids.shape[1]
+        if self._segment and (segment_ids.shape[0] != batch or segment_ids.shape[1] != seq):
+            return result.fail("segment ids and input ids differ in shape", segment_ids)
+        if position_ids.shape[1] != seq or position_ids.shape[0] not in (1, batch):
+            return result.fail("position ids are neither [batch, seq] nor [1, seq]", position_ids)
+        norm = layer_norm.producer()
+        if norm.attributes.get_int("stash_type", 1) != 1:
+            return result.fail("LayerNormalization keeps statistics in another type than fp32")
+        return result
+
+    def rewrite(self, op, input_ids, position_ids, word_embedding, position_embedding, gamma, beta, layer_norm,
+                segment_ids=None, segment_embedding=None, **_):
+        epsilon = layer_norm.producer().attributes.get_float("epsilon", 1e-5)
+        as_int32 = lambda v: op.Cast(v, to=ir.DataType.INT32)  # noqa: E731 - the contrib op takes int32 ids only
+        normalized, _mask_index, embedding_sum = op.EmbedLayerNormalization(
+            as_int32(input_ids),
+            as_int32(segment_ids) if self._segment else None,
+            word_embedding,
+            position_embedding,
+            segment_embedding if self._segment else None,
+            gamma,
+            beta,
+            None,  # mask: the fused attention takes the model's own additive mask
+            as_int32(position_ids),
+            epsilon=epsilon,
+            _domain="com.microsoft",
+            _outputs=3,
+        )
+        return normalized, embedding_sum
+
+
+def embed_layer_norm_rules() -> pattern.RewriteRuleSet:
+    return pattern.RewriteRuleSet(
+        [
+            EmbedLayerNormFusion.rule("EmbedLayerNormSegment", segment=True, position_last=True),
+            EmbedLayerNormFusion.rule("EmbedLayerNormSegmentLast", segment=True, position_last=False),
+            EmbedLayerNormFusion.rule("EmbedLayerNorm", segment=False),
+        ],
+        commute=True,
+    )
+
+
+def _reflatten_attention_outputs(model: ir.Model) -> int:
+    """Put back the flattening that onnxscript's attention fusions drop.
+
+    Their pattern ends at the Reshape after the attention's head transpose without checking its
+    target: when a model feeds the attention output to a 2-D Gemm (GPT-2's Conv1D views it as
+    [batch * seq, hidden]), the fused op's [batch, seq, hidden] result replaces a 2-D value and the
+    graph no longer loads. A Reshape to [-1, hidden] restores the value the Gemm expects.
+    """
+    fixed = 0
+    for node in list(model.graph):
+        if node.domain != "com.microsoft" or node.op_type not in ("MultiHeadAttention", "Attention"):
+            continue
+        out, query = node.outputs[0], node.inputs[0]
+        if out.shape is None or out.shape.rank() != 2 or query.shape is None or query.shape.rank() != 3:
+            continue
+        hidden = out.shape[1]
+        if not isinstance(hidden, int):
+            continue
+        target = ir.Value(name=f"{out.name}_flat_shape", const_value=ir.tensor(np.array([-1, hidden], dtype=np.int64)))
+        model.graph.register_initializer(target)
+        flat = ir.Value(name=out.name, shape=out.shape, type=out.type)
+        out.name = f"{out.name}_bsd"
+        out.replace_all_uses_with(flat, replace_graph_outputs=True)
+        model.graph.insert_after(node, ir.node("Reshape", [out, target], outputs=[flat]))
+        out.shape = ir.Shape([query.shape[0], query.shape[1], hidden])
+        fixed += 1
+    return fixed
+
+
+def contrib_op_counts(model: ir.Model) -> dict[str, int]:
+    """How many of each fused com.microsoft op the model holds."""
+    counts = Counter(n.op_type for n in model.graph.all_nodes() if n.domain == "com.microsoft" and n.op_type in CONTRIB_OPS)
+    return dict(sorted(counts.items()))
+
+
+def fuse_for_ort(model: ir.Model, *, skip: Sequence[str] = ()) -> tuple[ir.Model, dict[str, int]]:
+    """Apply the transformer fusions in place; returns the model and how often each rule fired.
+
+    Embedding fusion runs first: afterwards SkipLayerNormalization could take the embedding's
+    LayerNormalization when position ids are [batch, seq] (the Adds would match as a skip sum).
+    `skip` names fusions to leave out ("embed_layer_normalization", "xformers").
+    """
+    counts: dict[str, int] = {}
+    if "embed_layer_normalization" not in skip:
+        counts["embed_layer_normalization"] = embed_layer_norm_rules().apply_to_model(model)
+    if "xformers" not in skip:
+        model, more = optimize_for_ort(model)
+        counts.update(more)
+        counts["attention_reflatten"] = _reflatten_attention_outputs(model)
+    return model, counts
