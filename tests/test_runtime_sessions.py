@@ -16,7 +16,7 @@ from fxbench.numerics import Tolerance, compare
 from fxbench.runtime.backends import Backend, UnknownBackendError, create_session, folder_backends, parse_backends
 from fxbench.runtime.bench import Shape, best_artifact, run_benchmark
 from fxbench.runtime.harness import Measure, Warmup
-from fxbench.runtime.sessions import ArtifactMissingError, engine_mismatch
+from fxbench.runtime.sessions import ArtifactMissingError
 from fxbench.runtime.workflow import OptimizeRequest, optimize
 
 QUICK = dict(warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=3))
@@ -84,18 +84,6 @@ def test_gpu_backends_are_skipped_here_with_the_reason(captured, artifacts, tmp_
     # The device-agnostic backends report the same when asked to run on a GPU.
     with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
         create_session(Backend("compile"), captured("bert"), device="cuda", threads=1)
-
-
-def test_engine_sidecar_mismatches_are_named():
-    here = dict(tensorrt_version="10.9.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
-    built_here = {"tensorrt_version": "10.9.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    assert engine_mismatch(built_here, **here) is None
-    assert "TensorRT 10.3.0" in engine_mismatch({**built_here, "tensorrt_version": "10.3.0"}, **here)
-    assert engine_mismatch({**built_here, "tensorrt_version": "10.3.0", "version_compatible": True}, **here) is None
-    assert "compute capability 8.0" in engine_mismatch({**built_here, "compute_capability": "8.0"}, **here)
-    assert "NVIDIA A100" in engine_mismatch({**built_here, "gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": "9.0"}, **here)
-    nested = {"tensorrt": "10.9.0", "gpu": {"name": "NVIDIA L4", "compute_capability": "8.9"}}
-    assert "8.9" in engine_mismatch(nested, **here)
 
 
 def test_missing_artifacts_and_unknown_names_are_clear_errors(artifacts, tmp_path):

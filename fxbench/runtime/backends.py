@@ -120,6 +120,7 @@ _RUNNERS = {
     ("program", "cpu"): ("program",), ("program", "cuda"): ("program",),
     ("onnx", "cpu"): ("ort",), ("onnx", "cuda"): ("ort-cuda", "ort-cuda-graph", "ort-trt"),
     ("onnx-ort", "cpu"): ("ort",), ("onnx-ort", "cuda"): ("ort-cuda", "ort-cuda-graph"),
+    ("onnx-int8", "cpu"): ("ort",),
     ("aoti", "cpu"): ("aoti",), ("aoti", "cuda"): ("aoti",),
     ("tensorrt", "cpu"): ("tensorrt",), ("tensorrt", "cuda"): ("tensorrt", "tensorrt-graph"),
 }

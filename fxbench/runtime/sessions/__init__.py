@@ -2,7 +2,7 @@
 
 from fxbench.runtime.sessions.base import ArtifactMissingError, Bound, Session, SessionOptions, cuda_unavailable_reason
 from fxbench.runtime.sessions.onnxruntime import OrtSession
-from fxbench.runtime.sessions.tensorrt import TensorRTSession, engine_mismatch, sidecar_path
+from fxbench.runtime.sessions.tensorrt import TensorRTSession, sidecar_path
 from fxbench.runtime.sessions.torch_backends import AotiSession, CompileSession, EagerSession, ProgramSession
 
 __all__ = [
@@ -17,6 +17,5 @@ __all__ = [
     "SessionOptions",
     "TensorRTSession",
     "cuda_unavailable_reason",
-    "engine_mismatch",
     "sidecar_path",
 ]

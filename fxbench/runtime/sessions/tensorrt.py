@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,50 +19,12 @@ from fxbench.runtime.sessions.base import (
     require_file,
 )
 
-__all__ = ["TensorRTSession", "engine_mismatch", "sidecar_path"]
+__all__ = ["TensorRTSession", "sidecar_path"]
 
 
 def sidecar_path(engine: Path) -> Path:
     """`model.engine` -> `model.engine.json`, the exporter's record of where the engine was built."""
     return engine.with_name(engine.name + ".json")
-
-
-def _first(meta: Mapping[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if meta.get(key) not in (None, ""):
-            return meta[key]
-    gpu = meta.get("gpu")
-    if isinstance(gpu, Mapping):  # a nested {"gpu": {"name": ..., "compute_capability": ...}} record
-        for key in keys:
-            short = key.removeprefix("gpu_")
-            if gpu.get(short) not in (None, ""):
-                return gpu[short]
-    return None
-
-
-def engine_mismatch(meta: Mapping[str, Any], *, tensorrt_version: str, gpu_name: str, compute_capability: str) -> str | None:
-    """Why an engine built as `meta` records should not run here, or None.
-
-    A TensorRT engine holds kernels chosen for one TensorRT release and one GPU: another release
-    refuses to deserialize it (unless built version-compatible), another architecture cannot run
-    it (unless built with a hardware-compatibility level), and another GPU model of the same
-    architecture runs tactics timed for a different chip, so its numbers would mislead.
-    """
-    built_trt = _first(meta, "tensorrt_version", "tensorrt", "trt_version")
-    if built_trt:
-        same = str(built_trt) == tensorrt_version
-        if not same and meta.get("version_compatible"):
-            same = str(built_trt).split(".")[0] == tensorrt_version.split(".")[0]
-        if not same:
-            return f"the engine was built with TensorRT {built_trt}; this machine has {tensorrt_version}: rebuild it here"
-    built_cc = _first(meta, "compute_capability", "gpu_compute_capability", "sm")
-    hardware_compatible = meta.get("hardware_compatibility_level") not in (None, "", "none", "NONE")
-    if built_cc and str(built_cc).replace(".", "") != compute_capability.replace(".", "") and not hardware_compatible:
-        return f"the engine was built for compute capability {built_cc}; this GPU is {compute_capability}: rebuild it here"
-    built_gpu = _first(meta, "gpu_name", "gpu", "device_name")
-    if isinstance(built_gpu, str) and built_gpu != gpu_name and not hardware_compatible:
-        return f"the engine was built on {built_gpu}; this GPU is {gpu_name}: rebuild it here for its own tactics"
-    return None
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -89,7 +50,7 @@ class TensorRTSession(Session):
         self.precision = options.precision
         self.cuda_graphs = cuda_graph
         path = require_file(options.artifact, self.backend)
-        sidecar = require_file(sidecar_path(path), f"{self.backend} (the engine's JSON sidecar)")
+        require_file(sidecar_path(path), f"{self.backend} (the engine's JSON sidecar)")
         reason = cuda_unavailable_reason()
         if reason:
             raise BackendUnavailableError(reason)
@@ -97,13 +58,13 @@ class TensorRTSession(Session):
             import tensorrt as trt  # type: ignore[import-not-found]
         except ImportError:
             raise BackendUnavailableError("tensorrt is not installed (pip install 'fxbench[tensorrt]' on a machine with an NVIDIA GPU)") from None
-        props = torch.cuda.get_device_properties(0)
-        mismatch = engine_mismatch(
-            json.loads(sidecar.read_text(encoding="utf-8")), tensorrt_version=trt.__version__, gpu_name=props.name,
-            compute_capability=f"{props.major}.{props.minor}",
-        )
-        if mismatch:
-            raise BackendUnavailableError(mismatch)
+        # The exporter that wrote the sidecar owns the rule for where its engines load.
+        from fxbench.exporters.tensorrt import EngineMismatchError, require_compatible_engine
+
+        try:
+            require_compatible_engine(path)
+        except EngineMismatchError as exc:
+            raise BackendUnavailableError(str(exc)) from None
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
