@@ -37,7 +37,7 @@ def _dtype(node) -> torch.dtype:
 
 @pytest.mark.parametrize(
     "spec, family",
-    [("to-fp16", "bert"), ("to-fp16", "gpt2"), ("to-fp16", "llama"), ("to-bf16", "bert"), ("to-bf16", "llama")],
+    [("to-fp16", "bert"), ("to-fp16", "gpt2"), ("to-fp16", "llama"), ("to-fp16", "vit"), ("to-bf16", "bert"), ("to-bf16", "llama")],
 )
 def test_mixed_precision_structure_numerics_idempotence_reexport(captured, spec, family):
     cp = captured(family)

@@ -30,7 +30,10 @@ STATIC_SKIPS = {
     "gpt2": {"transformer.h.0.attn.c_attn": "first", "transformer.h.3.mlp.c_proj": "last", "lm_head": "head"},
     "llama": {"model.layers.0.self_attn.q_proj": "first", "model.layers.0.self_attn.k_proj": "first",
               "model.layers.0.self_attn.v_proj": "first", "model.layers.3.mlp.down_proj": "last", "lm_head": "head"},
+    "vit": {"vit.layers.0.attention.q_proj": "first", "vit.layers.0.attention.k_proj": "first",
+            "vit.layers.0.attention.v_proj": "first", "vit.layers.3.mlp.fc2": "last", "classifier": "head"},
 }
+HEADS = {"bert": "pooler.dense", "gpt2": "lm_head", "llama": "lm_head", "vit": "classifier"}
 
 
 def _context(cp) -> PassContext:
@@ -63,7 +66,7 @@ def _quantized_weight(gm, product) -> torch.Tensor | None:
     return stored if stored.dtype in (torch.int8, FP8) else None
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "vit"])
 @pytest.mark.parametrize("spec", PASSES)
 def test_quantize_structure_numerics_idempotence(captured, spec, family):
     cp = captured(family)
@@ -85,7 +88,7 @@ def test_quantize_structure_numerics_idempotence(captured, spec, family):
     elif spec == DYNAMIC:
         assert delta["quantized_decomposed.quantize_per_channel.default"] == groups > 0
         assert delta["quantized_decomposed.dequantize_per_channel.default"] == d["quantized"] + groups
-        assert floats == {"lm_head" if family != "bert" else "pooler.dense"}  # the head
+        assert floats == {HEADS[family]}
     elif spec == STATIC:
         assert delta["quantized_decomposed.quantize_per_tensor.default"] == groups == delta["quantized_decomposed.dequantize_per_tensor.default"]
         assert delta["quantized_decomposed.dequantize_per_channel.default"] == d["quantized"]
@@ -125,6 +128,25 @@ def test_skip_by_module_path_and_nothing_left_to_quantize(captured):
     p.context = _context(cp)
     assert not p(gm).modified and op_histogram(gm) == before
     assert len(p.details["skipped"]) == 17
+
+
+def test_int8_weights_under_fp16_math(captured):
+    cp = captured("llama")
+
+    def pipeline(*specs):
+        return run_pipeline(cp.graph_module(), [create_pass(s) for s in specs], inputs=dict(cp.inputs.tensors),
+                            reference=cp.reference, output_names=cp.output_names, context=_context(cp))
+
+    result = pipeline("to-fp16", WEIGHT_ONLY)
+    fp16, weights = result.records
+    assert fp16.status == weights.status == "applied" and weights.details["quantized"] == 29
+    dequantized = list(result.module.graph.find_nodes(op="call_function", target=qd.dequantize_per_channel.default))
+    assert len(dequantized) == 29 and all(n.meta["val"].dtype == torch.float16 for n in dequantized)  # W8A16
+    assert Tolerance.for_precision("int8").accepts(result.parity)
+    # Activation quantization needs fp32 activations: after to-fp16 nothing is left for it.
+    static = pipeline("to-fp16", STATIC).records[1]
+    assert static.status == "unchanged" and static.details["quantized"] == 0
+    assert len(static.details["skipped"]) == 29 and all(s.endswith("(input not fp32)") for s in static.details["skipped"])
 
 
 class _Convs(torch.nn.Module):

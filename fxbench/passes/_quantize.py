@@ -24,23 +24,24 @@ from fxbench.errors import PassOptionError
 from fxbench.passes.base import PassContext, module_path
 
 __all__ = [
-    "CALIBRATION_SUFFIXES",
-    "Editor",
-    "FP8_MAX",
-    "LinearSite",
-    "SKIP_KEYWORDS",
     "calibration_batches",
+    "CALIBRATION_SUFFIXES",
     "check_calibration_file",
-    "drop_unused_weights",
-    "find_linears",
-    "group_by_input",
-    "Fallback",
     "choose_fallback",
-    "quantize_sites",
+    "drop_unused_weights",
+    "Editor",
+    "Fallback",
+    "find_linears",
+    "FP8_MAX",
+    "group_by_input",
+    "InputQuantizer",
+    "LinearSite",
     "observe_inputs",
     "percentile_observer_class",
+    "quantize_sites",
     "quantize_weight",
     "select_sites",
+    "SKIP_KEYWORDS",
     "skip_summary",
     "use_input",
 ]
@@ -106,18 +107,25 @@ def _heads(gm: GraphModule, sites: list[LinearSite]) -> set[Node]:
     return {s.node for s in sites if not feeds_site[s.node]}
 
 
-def select_sites(gm: GraphModule, sites: list[LinearSite], skip: Iterable[str]) -> tuple[list[LinearSite], dict[str, str]]:
+def select_sites(gm: GraphModule, sites: list[LinearSite], skip: Iterable[str], *,
+                 fp32_activations: bool = False) -> tuple[list[LinearSite], dict[str, str]]:
     """Split `sites` into those to quantize and those skipped (node name -> why). `skip` holds
     keywords (first: the first linear and those sharing its input; last: the last linear before
-    the head; head: linears nothing else depends on) and module paths (prefixes) or node names."""
+    the head; head: linears nothing else depends on) and module paths (prefixes) or node names.
+    With `fp32_activations`, sites whose input is not fp32 (after to-fp16) are skipped too."""
     skip = tuple(skip)
     skipped: dict[str, str] = {}
+    if fp32_activations:
+        for s in sites:
+            val = s.input.meta.get("val") if isinstance(s.input, Node) else None
+            if not (isinstance(val, torch.Tensor) and val.dtype == torch.float32):
+                skipped[s.node.name] = "input not fp32"
     heads = _heads(gm, sites) if sites else set()
     if sites and "first" in skip:
         first_input = sites[0].input
         for s in sites:
             if s.input is first_input:
-                skipped[s.node.name] = "first"
+                skipped.setdefault(s.node.name, "first")
     body = [s for s in sites if s.node not in heads]
     if body and "last" in skip:
         skipped.setdefault(body[-1].node.name, "last")
@@ -219,20 +227,23 @@ class Editor:
             if (target, dtype, axis) not in self.weights:
                 self.weights[(target, dtype, axis)] = quantize_weight(_get(self.gm, target), axis, dtype)
             q, scale = self.weights[(target, dtype, axis)]
+            # A weight a precision pass made fp16 / bf16 dequantizes to that dtype (int8 weights, fp16 math).
+            stored = weight.meta["val"].dtype
+            out = {"out_dtype": stored} if stored != torch.float32 else {}
             first = site.node  # sites come in graph order: the first reader of this weight
             qn = self.buffer(owner_path, f"{attr}_{_short(dtype)}", q, first)
             if dtype == torch.int8:
                 sn = self.buffer(owner_path, f"{attr}_scale", scale, first)
                 zn = self.buffer(owner_path, f"{attr}_zero_point", torch.zeros(scale.shape, dtype=torch.int64), first)
-                dq = self.call(qd.dequantize_per_channel.default, (qn, sn, zn, axis, -127, 127, torch.int8), before=first)
+                dq = self.call(qd.dequantize_per_channel.default, (qn, sn, zn, axis, -127, 127, torch.int8), out, before=first)
             elif axis is None:
-                dq = self.call(qd.dequantize_per_tensor.default, (qn, float(scale), 0, -448, 448, dtype), before=first)
+                dq = self.call(qd.dequantize_per_tensor.default, (qn, float(scale), 0, -448, 448, dtype), out, before=first)
             else:
                 # dequantize_per_channel cannot take float8 input in eager PyTorch: dequantize at
                 # scale 1, then scale each channel.
                 shape = (-1, 1) if axis == 0 else (1, -1)
                 sn = self.buffer(owner_path, f"{attr}_scale", scale.reshape(shape), first)
-                unit = self.call(qd.dequantize_per_tensor.default, (qn, 1.0, 0, -448, 448, dtype), before=first)
+                unit = self.call(qd.dequantize_per_tensor.default, (qn, 1.0, 0, -448, 448, dtype), out, before=first)
                 dq = self.call(aten.mul.Tensor, (unit, sn), before=first)
             self._dequantized[key] = dq
         dq = self._dequantized[key]
@@ -405,6 +416,8 @@ def calibration_batches(context: PassContext, *, path: str, samples: int, seq: i
     the inputs the user gave the context, else `samples` of the model's own sample inputs
     (for text, its real sentences at `seq` tokens)."""
     wanted = set(context.inputs)
+    limit = _max_positions(context.config)
+    seq = min(seq, limit) if limit else seq
     if path:
         check = Path(path)
         if not check.is_file():
@@ -432,10 +445,10 @@ def calibration_batches(context: PassContext, *, path: str, samples: int, seq: i
     if context.calibration_inputs:
         return list(context.calibration_inputs)
     if context.modality == "text" and context.make_inputs is not None:
-        limit = _max_positions(context.config)
-        seq = min(seq, limit) if limit else seq
         return _split(context.more_inputs(1, batch=samples, seq=seq)[0], batch_size)
-    return _split(context.more_inputs(1, batch=samples)[0], batch_size)
+    # Sequence lengths come from token inputs (a decoder's ids), never from audio features' axis 1.
+    seq_hint = next((int(t.shape[1]) for k, t in context.inputs.items() if k.endswith("input_ids") and t.dim() > 1), None)
+    return _split(context.more_inputs(1, batch=samples, seq=seq_hint)[0], batch_size)
 
 
 def observe_inputs(gm: GraphModule, nodes: Iterable[Node], batches: list[dict[str, torch.Tensor]], make_observer: Any) -> dict[Node, Any]:

@@ -52,7 +52,7 @@ class QuantizeFp8(FxbenchPass):
 
     Rules:
       1. matches linear(x, W, b), addmm(b, x, W) and mm(x, W) whose W is a 2-D float weight of the
-         module, minus `skip` (default: the head);
+         module (and, with activations, whose x is fp32), minus `skip` (default: the head);
       2. W is stored as float8_e4m3fn with scale max |W| / 448 (per tensor, or per output channel),
          read through quantized_decomposed.dequantize_per_tensor (ONNX DequantizeLinear from
          FLOAT8E4M3FN); per-channel weights are dequantized at scale 1, then scaled per channel;
@@ -71,7 +71,7 @@ class QuantizeFp8(FxbenchPass):
     def call(self, graph_module: GraphModule) -> PassResult:
         o = self.options
         sites = find_linears(graph_module)
-        chosen, skipped = select_sites(graph_module, sites, o.skip)
+        chosen, skipped = select_sites(graph_module, sites, o.skip, fp32_activations=o.activations)
         weights: dict = {}  # quantized weights, shared by the fallback trials and the rewrite
         self.details = {"quantized": 0, "skipped": skip_summary(sites, skipped)}
         if not chosen:

@@ -54,7 +54,7 @@ class QuantizeInt8Dynamic(FxbenchPass):
 
     Rules:
       1. matches linear(x, W, b), addmm(b, x, W) and mm(x, W) whose W is a 2-D float weight of the
-         module, minus those `skip` names (default: the head, which sees the final features);
+         module and whose x is fp32, minus those `skip` names (default: the head, which sees the final features);
       2. W becomes int8 per output channel as in quantize-int8-weight-only;
       3. accuracy-aware fallback as in quantize-int8-static (`fallback`, `target`);
       4. x is quantized symmetrically per token (each row of its last dimension, scale
@@ -71,7 +71,7 @@ class QuantizeInt8Dynamic(FxbenchPass):
 
     def call(self, graph_module: GraphModule) -> PassResult:
         sites = find_linears(graph_module)
-        chosen, skipped = select_sites(graph_module, sites, self.options.skip)
+        chosen, skipped = select_sites(graph_module, sites, self.options.skip, fp32_activations=True)
         weights: dict = {}  # quantized weights, shared by the fallback trials and the rewrite
         self.details = {"quantized": 0, "skipped": skip_summary(sites, skipped)}
         if not chosen:

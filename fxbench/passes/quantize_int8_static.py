@@ -60,7 +60,7 @@ class QuantizeInt8Static(FxbenchPass):
 
     Rules:
       1. matches linear(x, W, b), addmm(b, x, W) and mm(x, W) whose W is a 2-D float weight of the
-         module, minus `skip`: by default the first linear (and those sharing its input), the last
+         module and whose x is fp32, minus `skip`: by default the first linear (and those sharing its input), the last
          one before the head, and the head (LM head, classifier, pooler), the most sensitive;
       2. W becomes int8 per output channel as in quantize-int8-weight-only;
       3. each distinct input x of the matched sites is observed on calibration batches (torchao
@@ -83,7 +83,7 @@ class QuantizeInt8Static(FxbenchPass):
     def call(self, graph_module: GraphModule) -> PassResult:
         o = self.options
         sites = find_linears(graph_module)
-        chosen, skipped = select_sites(graph_module, sites, o.skip)
+        chosen, skipped = select_sites(graph_module, sites, o.skip, fp32_activations=True)
         weights: dict = {}  # quantized weights, shared by the fallback trials and the rewrite
         self.details = {"quantized": 0, "skipped": skip_summary(sites, skipped)}
         if not chosen:

@@ -28,8 +28,9 @@ class QuantizeInt8WeightOnly(FxbenchPass):
       2. W becomes int8 in [-127, 127] with one fp32 scale per output channel (max |w| / 127),
          stored as buffers beside it; the matmul reads quantized_decomposed.dequantize_per_channel
          of them (ONNX DequantizeLinear, axis = the output channel);
-      3. activations stay float; a weight read by several sites is quantized once, and the float
-         weight is deleted once nothing reads it.
+      3. activations stay float (fp16 / bf16 after a precision pass: the weight dequantizes to its
+         dtype, W8A16); a weight read by several sites is quantized once, and the float weight is
+         deleted once nothing reads it.
     ONNX Runtime's CPU provider fuses DequantizeLinear + MatMul into MatMulNBits (8 bits).
     """
 
