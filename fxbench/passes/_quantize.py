@@ -171,9 +171,11 @@ class Editor:
     def __init__(self, gm: GraphModule, *, meta: bool = True, weights: dict | None = None):
         self.gm = gm
         self.weights = weights if weights is not None else {}  # (target, dtype, axis) -> (q, scale), reusable across editors
-        self.meta = meta  # False for trial edits that are undone before anyone reads the graph
         vals = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
         self.fake_mode = torch._guards.detect_fake_mode(tuple(vals))
+        # False for trial edits that are undone before anyone reads the graph (and for graphs
+        # without export's fake values).
+        self.meta = meta and self.fake_mode is not None
         self._dequantized: dict[tuple[str, torch.dtype, bool], Node] = {}
         self.replaced: list[Node] = []  # float weight get_attr nodes that lost a user
         self.inserted: list[Node] = []

@@ -9,7 +9,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from fxbench.passes._quantize import (
-    FP8_MAX, Editor, calibration_batches, check_calibration_file, find_linears, group_by_input, choose_fallback,
+    FP8_MAX, Editor, calibration_batches, check_calibration_file, choose_fallback, find_linears, group_by_input,
     observe_inputs, qd, quantize_sites, select_sites, skip_summary,
 )
 from fxbench.passes.base import FxbenchPass, PassResult

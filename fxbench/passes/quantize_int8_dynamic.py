@@ -54,12 +54,12 @@ class QuantizeInt8Dynamic(FxbenchPass):
 
     Rules:
       1. matches linear(x, W, b), addmm(b, x, W) and mm(x, W) whose W is a 2-D float weight of the
-         module and whose x is fp32, minus those `skip` names (default: the head, which sees the final features);
+         module and whose x is fp32, minus `skip` (default: the head, which sees the final features);
       2. W becomes int8 per output channel as in quantize-int8-weight-only;
-      3. accuracy-aware fallback as in quantize-int8-static (`fallback`, `target`);
-      4. x is quantized symmetrically per token (each row of its last dimension, scale
+      3. x is quantized symmetrically per token (each row of its last dimension, scale
          max |row| / 127 computed at run time) with quantized_decomposed quantize/dequantize_per_channel
-         on x viewed as rows; one Q/DQ serves all the sites reading the same x (Q, K and V).
+         on x viewed as rows; one Q/DQ serves all the sites reading the same x (Q, K and V);
+      4. accuracy-aware fallback as in quantize-int8-static (`fallback`, `target`).
     Nothing to calibrate. ONNX: QuantizeLinear / DequantizeLinear with axis 0 and run-time scales;
     ONNX Runtime has no per-row activation scale in its integer kernels, so on CPU the weights land
     on MatMulNBits and the activation Q/DQ run as they are.

@@ -9,7 +9,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from fxbench.passes._quantize import (
-    Editor, calibration_batches, check_calibration_file, find_linears, group_by_input, choose_fallback, observe_inputs,
+    Editor, calibration_batches, check_calibration_file, choose_fallback, find_linears, group_by_input, observe_inputs,
     percentile_observer_class, qd, quantize_sites, select_sites, skip_summary,
 )
 from fxbench.passes.base import FxbenchPass, PassResult
@@ -60,17 +60,17 @@ class QuantizeInt8Static(FxbenchPass):
 
     Rules:
       1. matches linear(x, W, b), addmm(b, x, W) and mm(x, W) whose W is a 2-D float weight of the
-         module and whose x is fp32, minus `skip`: by default the first linear (and those sharing its input), the last
-         one before the head, and the head (LM head, classifier, pooler), the most sensitive;
+         module and whose x is fp32, minus `skip`: by default the first linear (and those sharing
+         its input), the last one before the head, and the head (LM head, classifier, pooler);
       2. W becomes int8 per output channel as in quantize-int8-weight-only;
       3. each distinct input x of the matched sites is observed on calibration batches (torchao
          MinMax, Histogram, or a percentile observer) and gets one quantize_per_tensor /
          dequantize_per_tensor pair with the observed scale and zero point (uint8 asymmetric by
          default: ONNX Runtime's preferred U8S8 on x86);
-      4. accuracy-aware fallback: if, all quantized, the outputs' cosine to the float program on the
-         sample inputs is below `target`, up to `fallback` sites stay float, those that move the
-         outputs most when quantized alone first (in MiniLM, the first layer's FFN output
-         projection, where BERT's outlier features appear);
+      4. accuracy-aware fallback: while, quantized, the outputs' cosine to the float program on the
+         sample inputs (every position, as the pipeline verifies) is below `target`, the most
+         harmful site (found by bisection) stays float, up to `fallback` sites (in MiniLM, the
+         first layer's FFN output projection, where BERT's outlier features appear);
       5. calibration batches come from `calibration` (a text file of sentences or a tensor file),
          else the inputs the user gave, else `samples` of the model's own sample inputs.
     ONNX Runtime's CPU provider fuses the Q/DQ + MatMul into MatMulIntegerToFloat (int8 GEMM).
