@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ class PassContext:
     make_inputs: Callable[[int, int | None, int], dict[str, torch.Tensor]] | None = None
     calibration_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    preprocessor: Any | None = None  # the model's tokenizer, for inputs from a user's text (calibration files)
 
     def more_inputs(self, count: int, batch: int | None = None, seq: int | None = None) -> list[dict[str, torch.Tensor]]:
         """`count` input batches unlike the sample (other seeds / sentences); the sample alone
@@ -45,6 +46,17 @@ class PassContext:
         b = batch or int(first.shape[0])
         s = seq if seq is not None else (int(first.shape[1]) if first.dim() > 1 else None)
         return [self.make_inputs(b, s, i) for i in range(count)]
+
+    def inputs_from_texts(self, texts: Sequence[str], seq: int) -> dict[str, torch.Tensor]:
+        """The model's inputs for `texts`, tokenized as the sample was (padded to `seq` tokens),
+        keeping only the inputs the program takes."""
+        tok = self.preprocessor
+        if tok is None or not callable(tok):
+            raise ValueError("no tokenizer in the pass context to encode text with")
+        if getattr(tok, "pad_token", "") is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        enc = tok(list(texts), padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in self.inputs}
 
 
 def module_path(node: torch.fx.Node) -> str:
@@ -121,6 +133,9 @@ class FxbenchPass(PassBase):
         if not isinstance(self.options, self.Options):
             raise TypeError(f"{self.name} takes {self.Options.__name__}, got {type(self.options).__name__}")
         self.context: PassContext | None = None
+        # Facts about the last run that belong in the report (JSON-able: counts, names, numbers);
+        # the runner copies them into the pass's record.
+        self.details: dict[str, Any] = {}
 
     @classmethod
     def summary(cls) -> str:

@@ -53,6 +53,7 @@ class PassRecord:
     message: str = ""
     rebased: bool = False
     precision: str = "fp32"  # the precision the pass brings in (its tolerance class)
+    details: dict[str, Any] = field(default_factory=dict)  # what the pass reported (FxbenchPass.details)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,7 +145,7 @@ class VerifiedPass(PassBase):
             delta = {op: after[op] - before_hist[op] for op in set(after) | set(before_hist) if after[op] != before_hist[op]}
             rec = PassRecord(p.name, p.options_dict(), status, modified, before_nodes, len(gm.graph.nodes),
                              dict(sorted(delta.items())), parity, tolerance, seconds, verify_seconds, message, rebased,
-                             p.precision)
+                             p.precision, dict(p.details))
             v.records.append(rec)
             if v.progress:
                 v.progress(p.name, status)
