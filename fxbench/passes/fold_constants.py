@@ -38,6 +38,8 @@ def _pure(node: Node) -> bool:
     if node.op != "call_function" or node.is_impure():
         return False
     target = node.target
+    if isinstance(target, torch._ops.OpOverload) and target.namespace == "quantized_decomposed" and "dequantize" in target.__name__:
+        return False  # rule 5
     if isinstance(target, torch._ops.OpOverload):
         schema = target._schema
         return not schema.is_mutable and torch.Tag.nondeterministic_seeded not in target.tags and bool(schema.returns)
@@ -93,7 +95,9 @@ class FoldConstants(FxbenchPass):
          factories and detach are not stored on their own (memory for no compute saved), but are
          folded into what consumes them;
       4. export's dtype checks on folded values go with them; the weights the folded ops read are
-         deleted when nothing else reads them.
+         deleted when nothing else reads them;
+      5. a dequantize of stored quantized weights is never folded (torchao's convention): folding
+         it would turn int8 / fp8 weights back into fp32 ones and undo the quantization passes.
     """
 
     Options = FoldConstantsOptions

@@ -11,9 +11,11 @@ from fxbench.passes.registry import create_pass, get_pass, parse_pass_spec
 
 __all__ = ["CLEANUP", "DEFAULT_PIPELINE", "PIPELINES", "Pipeline", "build_passes", "effective_pipeline"]
 
-# Passes that tidy up after others; passes added with --passes go before a pipeline's trailing run
-# of these, so that what the added passes leave dead is swept.
-CLEANUP = ("remove-noops", "eliminate-common-subexpressions", "eliminate-dead-code")
+# Passes that tidy up: no-op removal leads every preset (patterns then see clean graphs), common
+# subexpressions and dead code close it (sweeping what the passes before left behind).
+_CLEANUP_HEAD = ("remove-noops",)
+_CLEANUP_TAIL = ("eliminate-common-subexpressions", "eliminate-dead-code")
+CLEANUP = _CLEANUP_HEAD + _CLEANUP_TAIL
 
 
 @dataclass(frozen=True)
@@ -24,13 +26,60 @@ class Pipeline:
     device: str = "any"  # "any", "cpu" or "cuda": where its artifacts are meant to run
 
 
+# Order matters, and is the same in every preset:
+#   1. remove-noops first, so the patterns after it see graphs without dropout and identity casts;
+#   2. fusions (fuse-attention, fold-batchnorm, merge-qkv) before fold-constants, which then
+#      precomputes what they leave constant (concatenated weights, masks);
+#   3. precision and quantization after fold-constants (folding never undoes a quantized weight,
+#      but running it first keeps it from folding float weights that are about to be quantized);
+#   4. common subexpressions and dead code last, to sweep what every pass before left behind.
+_FUSIONS = ("fuse-attention", "fold-batchnorm", "fold-constants")
+
+
+def _preset(*middle: str) -> tuple[str, ...]:
+    return (*_CLEANUP_HEAD, *middle, *_CLEANUP_TAIL)
+
+
 PIPELINES: dict[str, Pipeline] = {
     p.name: p
     for p in (
+        Pipeline("O1", "clean-up: no-op removal, common subexpressions, dead code", _preset()),
         Pipeline(
-            "O1",
-            "clean-up: no-op removal, common subexpressions, dead code",
-            ("remove-noops", "eliminate-common-subexpressions", "eliminate-dead-code"),
+            "O2",
+            "O1 + fusions: eager attention to SDPA, batch norms into convs, constants precomputed "
+            "(q/k/v stay separate linears: ONNX Runtime fuses them into its Attention kernel)",
+            _preset(*_FUSIONS),
+        ),
+        Pipeline(
+            "O3",
+            "O2 + q/k/v and gate/up merged + fp16 (norms, softmax, reductions kept fp32), for GPUs",
+            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "to-fp16"),
+            device="cuda",
+        ),
+        Pipeline(
+            "bf16",
+            "O2 + q/k/v and gate/up merged + bf16 (norms, softmax, reductions kept fp32), for GPUs",
+            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "to-bf16"),
+            device="cuda",
+        ),
+        Pipeline(
+            "int8-cpu",
+            "O2 + static int8 linears (calibrated per-tensor uint8 activations, per-channel int8 weights), "
+            "for ONNX Runtime's CPU int8 kernels",
+            _preset(*_FUSIONS, "quantize-int8-static"),
+            device="cpu",
+        ),
+        Pipeline(
+            "int8-gpu",
+            "O2 + q/k/v merged + static int8 linears with symmetric int8 activations (TensorRT's Q/DQ form)",
+            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "quantize-int8-static:activation_dtype=int8"),
+            device="cuda",
+        ),
+        Pipeline(
+            "fp8",
+            "O2 + q/k/v merged + float8 e4m3 weights and activations, for Hopper-class GPUs",
+            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "quantize-fp8"),
+            device="cuda",
         ),
     )
 }
@@ -40,6 +89,26 @@ DEFAULT_PIPELINE = "O1"
 
 def _name(spec: str) -> str:
     return parse_pass_spec(spec)[0]
+
+
+def _stage(name: str) -> int:
+    cls = get_pass(name)
+    return 0 if not cls.exact else (1 if cls.precision == "fp32" else 2)
+
+
+def _insertion_point(specs: list[str], name: str) -> int:
+    """After the last pass of the same or an earlier stage, inside the clean-up passes."""
+    head, tail = 0, len(specs)
+    while head < tail and _name(specs[head]) in _CLEANUP_HEAD:
+        head += 1
+    while tail > head and _name(specs[tail - 1]) in _CLEANUP_TAIL:
+        tail -= 1
+    stage = _stage(name)
+    at = head
+    for i in range(head, tail):
+        if _stage(_name(specs[i])) <= stage:
+            at = i + 1
+    return at
 
 
 def effective_pipeline(pipeline: str | None, edits: Sequence[str] = ()) -> str | None:
@@ -54,7 +123,10 @@ def build_passes(pipeline: str | None = None, edits: Sequence[str] = ()) -> list
     """The passes of `pipeline` (default O1 unless `edits` name passes only), edited by `edits`:
 
     - `name` or `+name[:opts]`: a pass of that name in the pipeline takes these options; a new one
-      is added before the pipeline's trailing clean-up passes;
+      goes at the end of its stage, between the pipeline's leading and trailing clean-up passes.
+      The stages, in order: deliberate model changes (layer surgery, exact=False), fp32
+      transforms, then precision and quantization, so that fusions work on the changed model and
+      calibration on the fused one;
     - `-name`: every pass of that name is removed.
     Without a pipeline and with edits that add passes, the passes are exactly those.
     """
@@ -80,9 +152,5 @@ def build_passes(pipeline: str | None = None, edits: Sequence[str] = ()) -> list
             for i in same:
                 specs[i] = spec
             continue
-        tail = len(specs)
-        if chosen is not None:
-            while tail > 0 and _name(specs[tail - 1]) in CLEANUP:
-                tail -= 1
-        specs.insert(tail, spec)
+        specs.insert(_insertion_point(specs, name) if chosen is not None else len(specs), spec)
     return [create_pass(s) for s in specs]

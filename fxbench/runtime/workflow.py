@@ -180,7 +180,8 @@ def pass_context(captured: CapturedProgram) -> PassContext:
 
     loaded = captured.loaded
     return PassContext(
-        inputs=dict(captured.inputs.tensors), task=loaded.task, modality=loaded.modality, config=loaded.config, make_inputs=more
+        inputs=dict(captured.inputs.tensors), task=loaded.task, modality=loaded.modality, config=loaded.config, make_inputs=more,
+        preprocessor=loaded.preprocessor,
     )
 
 
