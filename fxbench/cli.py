@@ -112,7 +112,7 @@ def optimize(
     model: ModelArg = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default: fxbench-out/<model>).")] = None,
     task: TaskOpt = None,
-    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="Named pipeline (see `fxbench passes list`); default O1.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="Named pipeline (see `fxbench passes list`); default O2.")] = None,
     passes: Annotated[Optional[list[str]], typer.Option("--passes", "--pass", help="NAME[:opt=v,...] adds or re-options a pass, -NAME removes one; repeatable; ';' separates several.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="A pass that breaks the tolerance is an error, not a rollback.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
@@ -122,27 +122,40 @@ def optimize(
     seq_range: Annotated[str, typer.Option("--seq-range", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
     static: Annotated[bool, typer.Option("--static", help="Capture with static shapes.")] = False,
     attn: Annotated[Optional[str], typer.Option("--attn", help="Attention implementation to load: eager or sdpa.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="Also export: comma-separated onnx, onnx-ort, onnx-int8, tensorrt, aoti.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Artifacts to make: comma-separated onnx, onnx-ort, onnx-int8, tensorrt, aoti; 'none' for model.pt2 only. Default: those that fit --device.")] = None,
     opset: OpsetOpt = None,
     shapes: ShapesOpt = None,
-    device: DeviceOpt = "cpu",
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda: where artifacts are built and timed (default: cuda if there is a GPU).")] = None,
+    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Time every artifact against eager PyTorch and name the best.")] = True,
+    bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to time, comma-separated.")] = "1",
+    bench_seq: Annotated[str, typer.Option("--bench-seq", help="Sequence lengths to time, comma-separated (capped at the model's positions).")] = "128",
+    bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timed runs per backend and shape.")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every backend (default: torch's).")] = None,
+    min_cosine: Annotated[float, typer.Option("--min-cosine", help="Accuracy budget of the best artifact: worst output cosine against eager fp32.")] = 0.99,
+    max_abs_error: Annotated[float, typer.Option("--max-abs-error", help="Accuracy budget: largest absolute error against eager fp32.")] = float("inf"),
+    search: Annotated[bool, typer.Option("--search", help="Try the presets that fit --device; keep the fastest within the budget.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Capture MODEL, run a verified pass pipeline and write DIR/model.pt2 and DIR/report.json (and
-    the --target artifacts)."""
+    """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time
+    them against eager PyTorch and write DIR/model.pt2, the artifacts and report.json/.md/.html."""
     from fxbench.models import DynamicDims
+    from fxbench.runtime.harness import Measure
     from fxbench.runtime.workflow import OptimizeRequest
     from fxbench.runtime.workflow import optimize as run_optimize
 
     progress = _Progress(enabled=True)
     try:
         edits = tuple(e for spec in (passes or []) for e in spec.split(";") if e.strip())
+        seqs = _int_list(bench_seq, "bench-seq")
         request = OptimizeRequest(
             model=model, output=output, task=task, pipeline=pipeline, passes=edits, strict=strict, force=force,
             batch=batch, seq=seq, attn_implementation=attn,
             dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
-            targets=tuple(target.split(",")) if target else (),
-            export=_export_options(opset, shapes, device),
+            targets=None if target is None else (() if target.strip().lower() == "none" else tuple(target.split(","))),
+            export=_export_options(opset, shapes, device or _default_device()),
+            bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch, "bench-batch") for s in seqs),
+            measure=Measure(seconds=bench_time), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
+            search=search,
         )
         result = run_optimize(request, events=progress)
     except FxbenchError as exc:
@@ -155,14 +168,23 @@ def optimize(
 
         print(json.dumps(jsonable(result.report), indent=2))
     else:
+        from fxbench.runtime.optimize_report import summary_lines
+
         _print_pass_table(result.report["passes"])
         if len(result.report["artifacts"]) > 1:
             _print_artifact_table(result.report["artifacts"])
-        parity = result.report["parity"]["final"]
-        out.print(
-            f"[bold]{result.output_dir}[/]: model.pt2 + report.json; final parity max_abs={parity['max_abs_error']:.3g} "
-            f"cosine={parity['cosine']:.6f}"
-        )
+        if result.bench is not None:
+            from fxbench.runtime.bench_report import render_table
+
+            out.print(render_table(result.bench))
+        if result.report.get("search"):
+            _print_search_table(result.report["search"])
+        for line in summary_lines(result.report)[3:]:
+            out.print(line)
+        files = ["model.pt2", *(a["file"] for a in result.report["artifacts"][1:]), "report.json", "report.md"]
+        if result.bench is not None:
+            files.append("report.html")
+        out.print(f"[bold]{result.output_dir}[/]: {', '.join(files)}")
     try:
         result.raise_for_failures()  # the other artifacts are written; the exit says some failed
     except FxbenchError as exc:
@@ -207,6 +229,26 @@ def export(
         result.raise_for_failures()
     except FxbenchError as exc:
         _fail(exc)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_search_table(candidates: list[dict]) -> None:
+    table = Table(title="search", title_justify="left")
+    for col in ("pipeline", "status", "precision", "best", "median ms", "speedup", "worst cosine"):
+        table.add_column(col, justify="right" if col in ("median ms", "speedup", "worst cosine") else "left")
+    for c in candidates:
+        best = c.get("best") or {}
+        table.add_row(
+            str(c["pipeline"]), c["status"] if not c.get("error") else f"[red]failed[/]: {c['error'][:60]}", str(c.get("precision") or "-"),
+            best.get("backend", "-"), f"{best['median_ms']:.2f}" if best else "-",
+            f"{best['speedup']:.2f}x" if best.get("speedup") else "-", f"{best['worst_cosine']:.6f}" if best else "-",
+        )
+    out.print(table)
 
 
 def _print_artifact_table(artifacts: list[dict]) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fxbench.runtime.agreement import mean_pool
+
 __all__ = ["EmbeddingAgreement", "as_callable", "embedding_agreement", "mean_pool", "onnx_callable", "sentence_embeddings"]
 
 Program = Callable[..., Any]
@@ -37,12 +39,6 @@ def _first_tensor(out: Any) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the program returned {type(out).__name__}, not tensors")
     return out
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Sentence embeddings as sentence-transformers makes them: the mean over real tokens."""
-    mask = attention_mask.unsqueeze(-1).to(torch.float64)
-    return (hidden.to(torch.float64) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def sentence_embeddings(

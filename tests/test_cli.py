@@ -54,12 +54,14 @@ def with_plugin(site: Path) -> dict[str, str]:
 
 def test_optimize_end_to_end_and_the_saved_program_reloads(tiny_dir, tmp_path):
     out = tmp_path / "out"
-    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(out), "--json")
+    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(out), "--target", "none", "--no-bench", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json", "report.md"]
     assert json.loads((out / "report.json").read_text()) == report
-    assert [r["name"] for r in report["passes"]] == ["remove-noops", "eliminate-common-subexpressions", "eliminate-dead-code"]
+    assert [r["name"] for r in report["passes"]] == [
+        "remove-noops", "fuse-attention", "fold-batchnorm", "fold-constants", "eliminate-common-subexpressions", "eliminate-dead-code",
+    ]
     for rec in report["passes"]:
         assert {"name", "options", "modified", "nodes_before", "nodes_after", "op_delta", "parity", "seconds"} <= set(rec)
     assert report["model"]["task"] == "feature-extraction" and report["inputs"]["origin"] == "tokenizer"
@@ -102,7 +104,7 @@ def test_plugin_passes_come_from_entry_points(plugin_site):
 
 
 def test_readme_pass_runs_verified_through_the_cli(plugin_site, tiny_dir, tmp_path):
-    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "o"), "--passes", "decompose-gelu", "--json",
+    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "o"), "--passes", "decompose-gelu", "--target", "none", "--no-bench", "--json",
                    env=with_plugin(plugin_site))
     assert proc.returncode == 0, proc.stderr
     (rec,) = json.loads(proc.stdout)["passes"]
@@ -114,14 +116,14 @@ def test_readme_pass_runs_verified_through_the_cli(plugin_site, tiny_dir, tmp_pa
 def test_wrong_plugin_pass_is_rolled_back_and_strict_fails(plugin_site, tiny_dir, tmp_path):
     env = with_plugin(plugin_site)
     proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "a"), "--pipeline", "O1",
-                   "--passes", "gelu-to-relu", "--json", env=env)
+                   "--passes", "gelu-to-relu", "--target", "none", "--no-bench", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     records = {r["name"]: r for r in json.loads(proc.stdout)["passes"]}
     assert records["gelu-to-relu"]["status"] == "rolled-back"
     assert "cosine" in records["gelu-to-relu"]["message"]
     assert records["remove-noops"]["status"] == "applied"
 
-    strict = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "b"), "--passes", "gelu-to-relu", "--strict", env=env)
+    strict = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "b"), "--passes", "gelu-to-relu", "--strict", "--target", "none", "--no-bench", env=env)
     assert strict.returncode == 3
     errors = [ln for ln in strict.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "gelu-to-relu broke the tolerance" in errors[0]
@@ -155,9 +157,9 @@ def test_force_replaces_an_existing_output(tiny_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    proc = fxbench("optimize", str(tiny_dir("gpt2")), "-o", str(out), "--force")
+    proc = fxbench("optimize", str(tiny_dir("gpt2")), "-o", str(out), "--force", "--target", "none", "--no-bench")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json", "report.md"]
 
 
 def test_inspect_prints_graph(tiny_dir):

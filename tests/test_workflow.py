@@ -18,10 +18,12 @@ from fxbench.runtime.workflow import OptimizeRequest, optimize
 def test_optimize_writes_a_program_that_reloads_and_matches(tiny_dir, minilm_dir, tmp_path, family):
     source = str(minilm_dir if family == "minilm" else tiny_dir(family))
     events: list[tuple[str, str]] = []
-    result = optimize(OptimizeRequest(model=source, output=tmp_path / "out"), events=lambda s, st, d: events.append((s, st)))
+    result = optimize(OptimizeRequest(model=source, output=tmp_path / "out", targets=(), bench=False), events=lambda s, st, d: events.append((s, st)))
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
-    assert [r["name"] for r in report["passes"]] == ["remove-noops", "eliminate-common-subexpressions", "eliminate-dead-code"]
+    assert [r["name"] for r in report["passes"]] == [
+        "remove-noops", "fuse-attention", "fold-batchnorm", "fold-constants", "eliminate-common-subexpressions", "eliminate-dead-code",
+    ]
     assert [r["name"] for r in report["passes"]] == [r.name for r in result.pipeline.records]
     assert all(r["status"] in ("applied", "unchanged") for r in report["passes"])
     assert ("load", "done") in events and ("save", "done") in events
@@ -45,7 +47,7 @@ def test_optimize_refuses_non_empty_output_before_doing_work(tiny_dir, tmp_path)
     (out / "x").write_text("x")
     events: list[str] = []
     with pytest.raises(OutputExistsError):
-        optimize(OptimizeRequest(model=str(tiny_dir("gpt2")), output=out), events=lambda s, st, d: events.append(s))
+        optimize(OptimizeRequest(model=str(tiny_dir("gpt2")), output=out, targets=(), bench=False), events=lambda s, st, d: events.append(s))
     assert events == []  # nothing was loaded
 
 
@@ -57,5 +59,5 @@ def test_interrupted_run_leaves_no_output(tiny_dir, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        optimize(OptimizeRequest(model=str(tiny_dir("gpt2")), output=out), events=interrupt)
+        optimize(OptimizeRequest(model=str(tiny_dir("gpt2")), output=out, targets=(), bench=False), events=interrupt)
     assert list(tmp_path.iterdir()) == []

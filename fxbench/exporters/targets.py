@@ -21,6 +21,7 @@ from fxbench.numerics import PRECISIONS
 
 __all__ = [
     "TARGETS",
+    "device_targets",
     "ExportFailure",
     "ExportOptions",
     "ExportOutcome",
@@ -153,6 +154,19 @@ def preflight(targets: Sequence[str], options: ExportOptions) -> dict[str, Fxben
         except FxbenchError as exc:
             problems[target] = exc
     return problems
+
+
+# What a deployment on each device runs. The int8 baseline (onnx-int8) is a comparison, not an
+# artifact of fxbench's own, so it is made only when asked for.
+_DEVICE_TARGETS = {"cpu": ("onnx", "onnx-ort", "aoti"), "cuda": ("onnx", "onnx-ort", "tensorrt", "aoti")}
+
+
+def device_targets(options: ExportOptions) -> tuple[str, ...]:
+    """The targets that fit `options.device` and can be made on this machine (a CUDA machine
+    without tensorrt still gets its ONNX and AOTInductor artifacts)."""
+    wanted = _DEVICE_TARGETS[options.device]
+    blocked = preflight(wanted, options)
+    return tuple(t for t in wanted if t not in blocked)
 
 
 def _failure(target: str, exc: FxbenchError) -> ExportFailure:

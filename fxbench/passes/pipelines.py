@@ -9,7 +9,7 @@ from fxbench.errors import PassOptionError
 from fxbench.passes.base import FxbenchPass
 from fxbench.passes.registry import create_pass, get_pass, parse_pass_spec
 
-__all__ = ["CLEANUP", "DEFAULT_PIPELINE", "PIPELINES", "Pipeline", "build_passes", "effective_pipeline"]
+__all__ = ["CLEANUP", "DEFAULT_PIPELINE", "PIPELINES", "Pipeline", "build_passes", "effective_pipeline", "search_space"]
 
 # Passes that tidy up: no-op removal leads every preset (patterns then see clean graphs), common
 # subexpressions and dead code close it (sweeping what the passes before left behind).
@@ -84,7 +84,12 @@ PIPELINES: dict[str, Pipeline] = {
     )
 }
 
-DEFAULT_PIPELINE = "O1"
+DEFAULT_PIPELINE = "O2"
+
+
+def search_space(device: str) -> tuple[str, ...]:
+    """The presets `fxbench optimize --search` tries on `device`: O2 (exact) and those built for it."""
+    return (DEFAULT_PIPELINE, *(p.name for p in PIPELINES.values() if p.device == device))
 
 
 def _name(spec: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Agreement", "mean_pooled_cosine", "task_agreement"]
+__all__ = ["Agreement", "mean_pool", "mean_pooled_cosine", "task_agreement"]
 
 _CLASSIFICATION = ("text-classification", "image-classification", "audio-classification")
 _PER_TOKEN = ("fill-mask", "token-classification")
@@ -49,14 +49,19 @@ def _last_positions(mask: torch.Tensor | None, batch: int, length: int) -> torch
     return (mask.long().sum(1) - 1).clamp(min=0)
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers makes them: hidden states [batch, tokens, dim]
+    averaged over real tokens (attention mask 1), in float64."""
+    weights = (mask.double() if mask is not None else torch.ones(hidden.shape[:2], dtype=torch.float64)).unsqueeze(-1)
+    return (hidden.double() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
 def mean_pooled_cosine(got: torch.Tensor, want: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Mean over samples of the cosine between sentence embeddings: hidden states mean-pooled over
     real tokens (sentence-transformers' pooling); 2-D outputs are embeddings already."""
     got, want = got.double(), want.double()
     if got.dim() == 3:
-        weights = (mask.double() if mask is not None else torch.ones(got.shape[:2], dtype=torch.float64)).unsqueeze(-1)
-        denom = weights.sum(1).clamp(min=1e-9)
-        got, want = (got * weights).sum(1) / denom, (want * weights).sum(1) / denom
+        got, want = mean_pool(got, mask), mean_pool(want, mask)
     elif got.dim() > 3:
         got, want = got.flatten(2).mean(-1), want.flatten(2).mean(-1)
     return float(torch.nn.functional.cosine_similarity(got, want, dim=-1).mean().item())

@@ -36,7 +36,7 @@ from fxbench.runtime.harness import (
     time_runs,
 )
 from fxbench.runtime.sessions import Session
-from fxbench.runtime.workflow import load_and_capture, resolve_model_source
+from fxbench.runtime.steps import load_and_capture, resolve_model_source
 
 __all__ = [
     "BackendRecord",

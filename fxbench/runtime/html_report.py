@@ -197,8 +197,10 @@ ul{font-size:13px}code{background:#f5f5f5;padding:1px 4px}
 """
 
 
-def render_html(result: BenchResult) -> str:
-    """The whole report as one HTML document."""
+def render_html(result: BenchResult, *, title: str | None = None, preamble: str = "") -> str:
+    """The whole report as one HTML document; `preamble` (trusted HTML) goes after the header,
+    for reports that wrap a benchmark (fxbench optimize puts its summary and passes there)."""
+    title = title or f"fxbench bench: {result.model.get('name')}"
     colors = _colors(result)
     cols = table_columns(result)
     left_cols = set(LEFT)
@@ -233,10 +235,11 @@ def render_html(result: BenchResult) -> str:
     env = "".join(f"<li>{_e(line)}</li>" for line in environment_lines(result.environment))
     header = "".join(f"<li>{_e(line)}</li>" for line in header_lines(result))
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>fxbench bench: {_e(result.model.get('name'))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>{_CSS}</style></head>
 <body>
-<h1>fxbench bench: {_e(result.model.get('name'))}</h1>
+<h1>{_e(title)}</h1>
+{preamble}
 <ul>{header}</ul>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 <p style="font-size:12px;color:#555">{_e(method_note(result))}</p>

@@ -13,7 +13,7 @@ from fxbench.exporters import load_program
 from fxbench.models import DynamicDims, unlift
 from fxbench.passes import op_histogram
 from fxbench.passes.base import module_path
-from fxbench.runtime.workflow import load_and_capture, resolve_model_source
+from fxbench.runtime.steps import load_and_capture, resolve_model_source
 
 __all__ = ["Inspection", "inspect_program", "inspect_target"]
 

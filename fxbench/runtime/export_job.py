@@ -1,0 +1,204 @@
+"""`fxbench export`: artifacts of a saved optimized program, or of a model captured without passes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fxbench
+from fxbench.environment import collect_environment
+from fxbench.errors import ExportError, OutputExistsError
+from fxbench.exporters import Artifact, load_program
+from fxbench.fsutil import check_output_dir, staged_directory
+from fxbench.models import DynamicDims
+from fxbench.numerics import Tolerance
+from fxbench.runtime.report import write_json
+from fxbench.runtime.steps import (
+    EventFn,
+    default_output_dir,
+    dims_record,
+    export_plan,
+    load_and_capture,
+    model_record,
+    no_events,
+    raise_for_failures,
+    resolve_model_source,
+    step,
+)
+
+if TYPE_CHECKING:
+    from fxbench.exporters.targets import ExportFailure, ExportOptions, ExportOutcome
+
+__all__ = ["ExportRequest", "ExportResult", "export"]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    source: str | None = None  # model id or folder, an fxbench output folder, or a model.pt2; None: the demo model
+    targets: tuple[str, ...] = ("onnx",)
+    output: Path | None = None  # default: the output folder itself, or fxbench-out/<model> for a model
+    options: ExportOptions | None = None
+    force: bool = False
+    task: str | None = None
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    report: dict[str, Any]
+    artifacts: tuple[Artifact, ...]
+    failures: tuple[ExportFailure, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def raise_for_failures(self) -> None:
+        raise_for_failures(self.failures)
+
+
+def _saved_program(source: str | None) -> Path | None:
+    """model.pt2 when `source` is an fxbench output folder or a .pt2 file; None for a model."""
+    if not source:
+        return None
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".pt2":
+        return path
+    if path.is_dir() and (path / "model.pt2").is_file() and not (path / "config.json").is_file():
+        return path / "model.pt2"
+    return None
+
+
+def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
+    """The DynamicDims that reproduce a report's recorded ranges (batch, seq; decoder_seq follows seq)."""
+    if not dynamic:
+        return DynamicDims(static=True)
+    ranges: dict[str, tuple[int, int]] = {}
+    for spec in dynamic.values():
+        for dim in spec.values():
+            ranges.setdefault(dim["name"], (int(dim["min"]), int(dim["max"])))
+    defaults = DynamicDims()
+    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)))
+
+
+def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
+    """The saved program with the capture it needs for inputs and eager references: the model named
+    in report.json is loaded and captured again with the recorded inputs and ranges."""
+    from fxbench.exporters.checks import ExportSubject
+
+    report_path = program_path.parent / "report.json"
+    if not report_path.is_file():
+        raise ExportError(f"no report.json beside {program_path} to name the model it came from; export from the model instead")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    model, inputs = report.get("model") or {}, report.get("inputs") or {}
+    program_record = next((a for a in report.get("artifacts", []) if a.get("kind") == "program"), None)
+    if not model.get("source") or program_record is None:
+        raise ExportError(f"{report_path} is not an fxbench optimize report (no model source or program record)")
+    captured = load_and_capture(
+        model["source"], task=model.get("task"), batch=int(inputs.get("batch") or 2), seq=int(inputs.get("seq") or 16),
+        dims=_dims_from_record(inputs.get("dynamic") or {}), attn_implementation=model.get("attn_implementation"),
+        events=events, timings=timings,
+    )
+    with step(events, "load program", timings) as d:
+        program = load_program(program_path)
+        d["detail"] = f"{program_path.name}, {program_record.get('precision', 'fp32')}"
+    parity = report.get("parity") or {}
+    tolerance = parity.get("tolerance")
+    subject = ExportSubject(
+        program=program,
+        captured=captured,
+        output_names=tuple(program_record.get("output_names") or captured.output_names),
+        precision=program_record.get("precision", "fp32"),
+        tolerance=Tolerance(float(tolerance["min_cosine"]), float(tolerance["max_rel_error"])) if tolerance else None,
+        rebased=parity.get("against", "eager PyTorch fp32") != "eager PyTorch fp32",
+    )
+    return subject, report
+
+
+def _write_in_place(folder: Path, report: dict[str, Any], made: ExportOutcome, staging: Path) -> dict[str, Any]:
+    """Move the new artifacts into `folder` and list them in its report.json (replacing the
+    records of files made again), the report last and by rename."""
+    for f in staging.iterdir():
+        os.replace(f, folder / f.name)
+    new_files = {a.file for a in made.artifacts}
+    report = dict(report)
+    report["artifacts"] = [a for a in report.get("artifacts", []) if a.get("file") not in new_files]
+    report["artifacts"] += [a.to_dict() for a in made.artifacts]
+    report["export_failures"] = [f.to_dict() for f in made.failures]
+    partial = folder / f".report.json.{os.getpid()}"
+    write_json(report, partial)
+    os.replace(partial, folder / "report.json")
+    return report
+
+
+def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
+    """`fxbench export`: artifacts of a saved optimized program (an output folder or model.pt2,
+    added to that folder by default) or of a model captured without passes (a new folder).
+
+    Targets that fail are reported in the result (and report.json) while the others are kept;
+    when none succeeds, nothing is written and the failure is raised.
+    """
+    from fxbench.exporters.checks import ExportSubject
+    from fxbench.exporters.targets import ExportOptions, export_artifacts, target_files
+
+    targets, options = export_plan(request.targets, request.options or ExportOptions())
+    timings: dict[str, float] = {}
+    program_path = _saved_program(request.source)
+    if program_path is not None:
+        folder = program_path.parent
+        out_dir = Path(request.output) if request.output else folder
+        in_place = out_dir.exists() and out_dir.resolve() == folder.resolve()
+        if in_place:
+            taken = [f for f in target_files(targets, options.device) if (folder / f).exists()]
+            # A model.onnx already made is reused by the targets that build on it, not replaced.
+            reusable = "onnx" not in targets and "model.onnx" in taken and not request.force
+            taken = [f for f in taken if not (reusable and f.startswith("model.onnx"))]
+            if taken and not request.force:
+                raise OutputExistsError(f"{folder} already has {', '.join(taken)}; pass --force to replace it")
+        else:
+            check_output_dir(out_dir, request.force)
+        subject, source_report = _subject_from_folder(program_path, events, timings)
+    else:
+        source = resolve_model_source(request.source)
+        out_dir = Path(request.output) if request.output else default_output_dir(source)
+        in_place, reusable, source_report = False, False, None
+        check_output_dir(out_dir, request.force)
+        captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims(),
+                                    attn_implementation=None, events=events, timings=timings)
+        subject = ExportSubject(captured.exported, captured, captured.output_names)
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    if in_place:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        try:
+            made = export_artifacts(subject, targets, staging, options, events,
+                                    onnx_path=out_dir / "model.onnx" if reusable else None)
+            if not made.artifacts:
+                raise_for_failures(made.failures)
+            report = _write_in_place(out_dir, source_report, made, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return ExportResult(out_dir, report, made.artifacts, made.failures, timings)
+
+    with staged_directory(out_dir, request.force) as staging:
+        made = export_artifacts(subject, targets, staging, options, events)
+        if not made.artifacts:
+            raise_for_failures(made.failures)
+        captured = subject.captured
+        report = {
+            "fxbench_version": fxbench.__version__,
+            "created": started.isoformat(timespec="seconds"),
+            "model": model_record(captured.loaded),
+            "inputs": {**captured.inputs.describe(), "dynamic": dims_record(captured)},
+            "source": {"program": str(program_path) if program_path else None, "passes": source_report is not None},
+            "artifacts": [a.to_dict() for a in made.artifacts],
+            "export_failures": [f.to_dict() for f in made.failures],
+            "environment": collect_environment(sys.argv),
+            "seconds": dict(timings),
+        }
+        write_json(report, staging / "report.json")
+    return ExportResult(out_dir, report, made.artifacts, made.failures, timings)

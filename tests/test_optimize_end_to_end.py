@@ -1,0 +1,111 @@
+"""`fxbench optimize` end to end: the artifacts that fit the device, the benchmark, the best artifact, --search."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fxbench.errors import FxbenchError
+from fxbench.runtime.harness import Measure, Warmup
+from fxbench.runtime.workflow import OptimizeRequest, optimize, optimize_captured
+
+# Short timing: these tests prove the plumbing, the benchmarks measure.
+QUICK = dict(warmup=Warmup(iters=2, seconds=0.0, window=2, max_seconds=5.0), measure=Measure(iters=5), bench_shapes=((1, 32),))
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "out"
+    events: list[tuple[str, str]] = []
+    result = optimize(OptimizeRequest(model=str(tiny_dir("bert")), output=out, **QUICK), events=lambda s, st, d: events.append((s, st)))
+    return result, out, events
+
+
+def test_default_run_makes_the_cpu_artifacts_and_times_each(full_run):
+    result, out, events = full_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cpu" and report["pipeline"]["name"] == "O2"
+    assert [a["kind"] for a in report["artifacts"]] == ["program", "onnx", "onnx-ort", "aoti"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.pt2", "model.onnx", "model.ort.onnx", "model.aoti.pt2", "report.json", "report.md", "report.html"]
+    )
+    bench = report["benchmark"]
+    labels = [b["label"] for b in bench["backends"]]
+    assert labels == ["eager", "program@model.pt2", "ort@model.onnx", "ort@model.ort.onnx", "aoti@model.aoti.pt2"]
+    assert all(b["status"] == "ok" for b in bench["backends"]), bench["backends"]
+    # File names only: the run happened in a staging folder that no longer exists.
+    assert all(b["artifact"] is None or "/" not in b["artifact"] for b in bench["backends"])
+    assert {m["backend"] for m in bench["measurements"]} == set(labels)
+    assert all((m["batch"], m["seq"]) == (1, 32) for m in bench["measurements"])
+    assert ("bench", "done") in events
+
+
+def test_best_artifact_is_the_fastest_of_fxbench_within_budget(full_run):
+    result, out, _ = full_run
+    report = json.loads((out / "report.json").read_text())
+    best = report["best"]
+    assert best["backend"] != "eager" and best["artifact"] in {"model.pt2", "model.onnx", "model.ort.onnx", "model.aoti.pt2"}
+    medians = {m["backend"]: m["latency"]["median_ms"] for m in report["benchmark"]["measurements"]}
+    assert best["median_ms"] == pytest.approx(min(v for k, v in medians.items() if k != "eager"))
+    assert best["worst_cosine"] >= best["min_cosine"] == 0.99
+    md = (out / "report.md").read_text()
+    assert md.startswith("# fxbench optimize: bert") and "## Passes" in md and "## Artifacts" in md and "## Benchmark" in md
+    assert f"best artifact: {best['backend']}" in md
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and 'id="passes"' in html and 'id="artifacts"' in html
+
+
+def test_no_artifact_within_budget_is_said_not_hidden(captured, tmp_path):
+    # int8 artifacts err by about 1e-3 on this model: under a 1e-4 budget nothing may be called best.
+    result = optimize_captured(
+        captured("bert"), OptimizeRequest(output=tmp_path / "o", pipeline="int8-cpu", targets=("onnx",), max_abs_error=1e-4, **QUICK)
+    )
+    assert result.pipeline.precision == "int8"
+    assert all(b.status == "ok" for b in result.bench.backends)
+    assert result.best is None and result.report["best"] is None
+    assert "best artifact: none meets the accuracy budget" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
+    out = tmp_path / "s"
+    result = optimize_captured(captured("bert"), OptimizeRequest(output=out, targets=("onnx-ort",), search=True, **QUICK))
+    report = result.report
+    assert [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
+    assert all(c["status"] == "ok" and c["best"] is not None for c in report["search"])
+    fastest = min(report["search"], key=lambda c: c["best"]["median_ms"])
+    assert report["pipeline"]["name"] == fastest["pipeline"]
+    # onnx-ort is built from model.onnx, which stays beside it.
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.pt2", "model.onnx", "model.ort.onnx", "report.json", "report.md", "report.html"]
+    )
+    int8 = next(c for c in report["search"] if c["pipeline"] == "int8-cpu")
+    assert int8["precision"] == "int8" and "quantize-int8-static" in int8["passes"]
+    assert "## Search" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, message",
+    [
+        ({"search": True, "pipeline": "O2"}, "--search tries the presets itself"),
+        ({"search": True, "bench": False}, "needs the benchmark"),
+        ({"min_cosine": 1.5}, "--min-cosine must be between 0 and 1"),
+        ({"bench_shapes": ((0, 128),)}, "must be positive"),
+    ],
+)
+def test_bad_optimize_options_fail_before_any_work(captured, tmp_path, request_kwargs, message):
+    with pytest.raises(FxbenchError, match=message):
+        optimize_captured(captured("bert"), OptimizeRequest(output=tmp_path / "x", **request_kwargs))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_prints_the_table_and_the_best(tiny_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fxbench", "optimize", str(tiny_dir("gpt2")), "-o", str(tmp_path / "c"), "--target", "onnx-ort",
+         "--bench-seq", "16", "--bench-time", "0.2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ort@model.ort.onnx" in proc.stdout and "best artifact:" in proc.stdout and "report.html" in proc.stdout
