@@ -158,3 +158,8 @@ class Tolerance:
 
     def to_dict(self) -> dict[str, float]:
         return {"min_cosine": self.min_cosine, "max_rel_error": self.max_rel_error}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tolerance:
+        """From `to_dict`'s form as JSON keeps it (an unbounded error is written "inf")."""
+        return cls(float(data["min_cosine"]), float(data["max_rel_error"]))

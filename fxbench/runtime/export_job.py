@@ -113,7 +113,7 @@ def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str,
         captured=captured,
         output_names=tuple(program_record.get("output_names") or captured.output_names),
         precision=program_record.get("precision", "fp32"),
-        tolerance=Tolerance(float(tolerance["min_cosine"]), float(tolerance["max_rel_error"])) if tolerance else None,
+        tolerance=Tolerance.from_dict(tolerance) if tolerance else None,
         rebased=parity.get("against", "eager PyTorch fp32") != "eager PyTorch fp32",
     )
     return subject, report
