@@ -1,6 +1,6 @@
 """What each ONNX Runtime optimization level and fxbench's transformer fusions buy in latency on one model.
 
-    python scripts/ort_levels.py [MODEL] [--batch 1] [--seq 128] [--runs 200] [--threads 2]
+    python benchmarks/ort_levels.py [MODEL] [--batch 1] [--seq 128] [--runs 200] [--threads 2]
 
 MODEL is a model id or folder (default: the bundled MiniLM). The script exports it with fxbench's
 ONNX exporter, then for fusions off/on and each level (disable, basic, extended, all) saves the
@@ -30,6 +30,7 @@ from fxbench.exporters.onnx import OnnxRunner, export_onnx
 from fxbench.exporters.onnx_ort import ORT_LEVELS, optimize_offline
 from fxbench.models import capture, demo_model_path, load_model
 from fxbench.numerics import compare
+from fxbench.runtime.report import write_json
 
 
 def main() -> None:
@@ -93,6 +94,18 @@ def main() -> None:
               f"{base * 1000 / np.median(times):.2f}x | {row['cosine']:.6f} |")
     fired = rows[("on", "disable")]["fusions"]
     print(f"\nfusions that fired: {', '.join(f'{k} {v}' for k, v in fired.items())}")
+    results = Path(__file__).parent / "results" / "ort_levels-cpu.json"
+    write_json({
+        "benchmark": "ort_levels", "model": captured.loaded.name, "batch": args.batch, "seq": args.seq, "threads": args.threads,
+        "runs": per_round * args.rounds, "environment": env,
+        "variants": [
+            {"fusions": f, "level": lvl, "nodes": row["nodes"], "fused_ops": row["fused"], "cosine": row["cosine"],
+             "median_ms": float(np.median(np.array(row["times"]) * 1000)), "p10_ms": float(np.percentile(np.array(row["times"]) * 1000, 10)),
+             "speedup": base / statistics.median(row["times"])}
+            for (f, lvl), row in rows.items()
+        ],
+    }, results)
+    print(f"results: {results}")
 
 
 if __name__ == "__main__":
