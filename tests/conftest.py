@@ -17,8 +17,9 @@ from fxbench.models import CapturedProgram, capture, demo_model_path, load_model
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# Two cores here and in CI: more threads than cores only adds contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores here and in CI, shared by the xdist workers: more threads than cores only adds contention.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 # Families whose real checkpoints ship a preprocessor; the tiny folders get one too, so the
 # preprocessor paths are tested (GPT-2 and Llama keep config-made inputs).

@@ -17,17 +17,11 @@ LOW = {"to-fp16": torch.float16, "to-bf16": torch.bfloat16}
 MATMULS = (aten.linear.default, aten.addmm.default)
 
 
-def _context(cp) -> PassContext:
-    ctx = pass_context(cp)
-    ctx.preprocessor = cp.loaded.preprocessor
-    return ctx
-
-
 def _run(cp, gm, spec, reference=None, context=None):
     """The pass through the verifying runner, as `fxbench optimize` runs it."""
     return run_pipeline(
         gm, [create_pass(spec)], inputs=dict(cp.inputs.tensors), reference=cp.reference if reference is None else reference,
-        output_names=cp.output_names, context=context or _context(cp),
+        output_names=cp.output_names, context=context or pass_context(cp),
     )
 
 
@@ -68,7 +62,7 @@ def test_mixed_precision_structure_numerics_idempotence_reexport(captured, spec,
     assert rec.details["nodes_low"] > 0 and rec.details["parameters_low"] > 0
 
     again = create_pass(spec)
-    again.context = _context(cp)
+    again.context = pass_context(cp)
     assert not again(result.module).modified
 
     program = export_graph_module(result.module, cp)
@@ -132,7 +126,7 @@ def _hot_bert(cp):
 def test_fp16_overflow_is_reported_and_kept_in_fp32_on_request(captured):
     cp = captured("bert")
     reference = _hot_bert(cp)(**cp.inputs.tensors)
-    ctx = _context(cp)
+    ctx = pass_context(cp)
     plain = _run(cp, _hot_bert(cp), "to-fp16", reference=reference, context=ctx).records[0]
     assert plain.status == "rolled-back" and "non-finite" in plain.message
     found = {(o["module"], o["op"]) for o in plain.details["overflow"]}
@@ -141,7 +135,7 @@ def test_fp16_overflow_is_reported_and_kept_in_fp32_on_request(captured):
     (note,) = ctx.notes
     assert "encoder.layer.1.intermediate.dense (aten.linear.default" in note and "keep_overflow=true" in note
 
-    ctx = _context(cp)
+    ctx = pass_context(cp)
     kept = _run(cp, _hot_bert(cp), "to-fp16:keep_overflow=true", reference=reference, context=ctx)
     rec = kept.records[0]
     assert rec.status == "applied" and Tolerance.for_precision("fp16").accepts(rec.parity)

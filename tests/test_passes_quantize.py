@@ -36,15 +36,9 @@ STATIC_SKIPS = {
 HEADS = {"bert": "pooler.dense", "gpt2": "lm_head", "llama": "lm_head", "vit": "classifier"}
 
 
-def _context(cp) -> PassContext:
-    ctx = pass_context(cp)
-    ctx.preprocessor = cp.loaded.preprocessor
-    return ctx
-
-
 def _run(cp, gm, spec, context=None):
     return run_pipeline(gm, [create_pass(spec)], inputs=dict(cp.inputs.tensors), reference=cp.reference,
-                        output_names=cp.output_names, context=context or _context(cp))
+                        output_names=cp.output_names, context=context or pass_context(cp))
 
 
 def _weight_arg(node):
@@ -108,7 +102,7 @@ def test_quantize_structure_numerics_idempotence(captured, spec, family):
 
     before = op_histogram(gm)
     again = create_pass(spec)
-    again.context = _context(cp)
+    again.context = pass_context(cp)
     assert not again(gm).modified
     assert op_histogram(gm) == before
 
@@ -125,7 +119,7 @@ def test_skip_by_module_path_and_nothing_left_to_quantize(captured):
     gm = cp.graph_module()
     before = op_histogram(gm)
     p = create_pass(f"{STATIC}:skip=transformer,lm_head")
-    p.context = _context(cp)
+    p.context = pass_context(cp)
     assert not p(gm).modified and op_histogram(gm) == before
     assert len(p.details["skipped"]) == 17
 
@@ -135,7 +129,7 @@ def test_int8_weights_under_fp16_math(captured):
 
     def pipeline(*specs):
         return run_pipeline(cp.graph_module(), [create_pass(s) for s in specs], inputs=dict(cp.inputs.tensors),
-                            reference=cp.reference, output_names=cp.output_names, context=_context(cp))
+                            reference=cp.reference, output_names=cp.output_names, context=pass_context(cp))
 
     result = pipeline("to-fp16", WEIGHT_ONLY)
     fp16, weights = result.records
@@ -211,7 +205,7 @@ def test_static_calibration_sources(captured, tmp_path):
         assert rec.status == "applied" and rec.details["calibration"]["batches"] == 2 and rec.details["calibration"]["rows"] == 6
 
     # The user's own batches in the context come before the model's sample inputs.
-    ctx = _context(cp)
+    ctx = pass_context(cp)
     ctx.calibration_inputs = [dict(cp.make_inputs(3, 16, seed=2).tensors)]
     assert _run(cp, cp.graph_module(), STATIC, context=ctx).records[0].details["calibration"]["rows"] == 3
 
@@ -223,11 +217,12 @@ def test_static_calibration_sources(captured, tmp_path):
         create_pass(f"{STATIC}:calibration={tmp_path / 'missing.txt'}")
     torch.save({"input_ids": tensors["input_ids"]}, tmp_path / "partial.pt")
     p = create_pass(f"{STATIC}:calibration={tmp_path / 'partial.pt'}")
-    p.context = _context(cp)
+    p.context = pass_context(cp)
     with pytest.raises(PassOptionError, match="lacks the inputs attention_mask, token_type_ids"):
         p(cp.graph_module())
     p = create_pass(f"{STATIC}:calibration={text}")
-    p.context = pass_context(cp)  # no tokenizer in it
+    p.context = pass_context(cp)
+    p.context.preprocessor = None  # a model folder without a tokenizer
     with pytest.raises(PassOptionError, match="needs the model's tokenizer"):
         p(cp.graph_module())
 
