@@ -163,7 +163,63 @@ def test_embed_layer_norm_fusion_structure_numerics_idempotence_and_negative(tmp
     assert embed_layer_norm_rules().apply_to_model(negative) == 0
     # fuse_for_ort reports the embedding fusion among its counts.
     _, counts = fuse_for_ort(ir.from_proto(proto), skip=("xformers",))
-    assert counts == {"embed_layer_normalization": 1}
+    assert counts == {"embed_layer_normalization": 1, "dequantized_weight_transposes": 0}
+
+
+def _dequantized_linears_model() -> onnx.ModelProto:
+    """x -> MatMul(x, Transpose(DQ(W))) for a per-channel and a per-tensor int8 weight, and two the
+    fold must leave alone: a weight whose DequantizeLinear output is also a graph output, and a
+    DequantizeLinear of an activation."""
+    rng = np.random.default_rng(0)
+    w = lambda name, rows: helper.make_tensor(name, TensorProto.INT8, [rows, 4], rng.integers(-127, 128, (rows, 4)).tolist())  # noqa: E731
+    inits = [
+        w("w_channel", 5), helper.make_tensor("s_channel", TensorProto.FLOAT, [5], rng.uniform(0.01, 0.1, 5).tolist()),
+        helper.make_tensor("z_channel", TensorProto.INT8, [5], [0] * 5),
+        w("w_tensor", 4), helper.make_tensor("s_tensor", TensorProto.FLOAT, [], [0.05]),
+        w("w_shared", 4), helper.make_tensor("s_act", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("z_act", TensorProto.INT8, [], [0]),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_channel", "s_channel", "z_channel"], ["wd_channel"], axis=0),
+        helper.make_node("Transpose", ["wd_channel"], ["wt_channel"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt_channel"], ["y_channel"]),
+        helper.make_node("DequantizeLinear", ["w_tensor", "s_tensor"], ["wd_tensor"]),
+        helper.make_node("Transpose", ["wd_tensor"], ["wt_tensor"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt_tensor"], ["y_tensor"]),
+        helper.make_node("DequantizeLinear", ["w_shared", "s_tensor"], ["wd_shared"]),
+        helper.make_node("Transpose", ["wd_shared"], ["wt_shared"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt_shared"], ["y_shared"]),
+        helper.make_node("QuantizeLinear", ["y_tensor", "s_act", "z_act"], ["q_act"]),
+        helper.make_node("DequantizeLinear", ["q_act", "s_act", "z_act"], ["dq_act"]),
+        helper.make_node("Transpose", ["dq_act"], ["y_act"], perm=[0, 2, 1]),
+    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y_channel", "y_shared", "wd_shared", "y_act")]
+    graph = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_fold_dequantized_weight_transposes_structure_numerics_idempotence_and_negative(tmp_path):
+    from fxbench.exporters.onnx_fusions import fold_dequantized_weight_transposes, has_dequantized_weights
+
+    proto = _dequantized_linears_model()
+    model = ir.from_proto(proto)
+    assert not has_dequantized_weights(model)  # a Transpose stands between every DequantizeLinear and MatMul
+    assert fold_dequantized_weight_transposes(model) == 2
+    assert fold_dequantized_weight_transposes(model) == 0  # idempotent
+    # The two plain weights now feed their MatMul straight from a DequantizeLinear, per-channel on axis 1.
+    matmuls = {n.outputs[0].name: n.inputs[1].producer() for n in model.graph if n.op_type == "MatMul"}
+    assert matmuls["y_channel"].op_type == "DequantizeLinear" and matmuls["y_channel"].attributes.get_int("axis") == 1
+    assert matmuls["y_tensor"].op_type == "DequantizeLinear"
+    assert matmuls["y_shared"].op_type == "Transpose"  # its dequantized weight is also an output: left alone
+    assert sum(n.op_type == "Transpose" for n in model.graph) == 2  # and the activation's transpose stays
+    assert has_dequantized_weights(model)
+    assert [v.shape for v in model.graph.initializers.values() if v.name.endswith("_transposed")] == [ir.Shape([4, 5]), ir.Shape([4, 4])]
+    ir.save(model, tmp_path / "folded.onnx")
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = ort.InferenceSession(str(tmp_path / "folded.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)  # exact: the same products, in the same order
 
 
 def test_ort_dynamic_int8_baseline_on_minilm(onnx_exports):
@@ -254,6 +310,22 @@ def test_quantize_dequantize_graph_exports_to_qdq_onnx_that_ort_runs(captured, t
     int8 = Tolerance.for_precision("int8")
     for a in made.artifacts:
         assert all(p["cosine"] >= int8.min_cosine for p in a.parity.values()), a.kind
+    # The fused file keeps every linear on ORT's int8 kernels: weight transposes folded into their
+    # DequantizeLinear, no q/k/v pack (a Concat of dequantized weights would run in fp32).
+    fused = _artifact(made, "onnx-ort")
+    exported = onnx.load(str(tmp_path / "model.onnx"))
+    dequantized = {o for n in exported.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    transposed = sum(n.op_type == "Transpose" and n.input[0] in dequantized for n in exported.graph.node)
+    assert transposed == linears - 1  # the pooler is a Gemm that reads its weight untransposed
+    assert fused.details["fusions"]["dequantized_weight_transposes"] == transposed
+    assert "attention" not in fused.details["fusions"] and fused.details["fused_ops"].get("MultiHeadAttention") == 4
+    # (ORT leaves the s8 activations that feed q, k and v together on its fp32 MatMul; the uint8
+    # ones of the int8-cpu preset all land on the int8 kernel: test_passes_quantize.)
+    model = onnx.load(str(tmp_path / "model.ort.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    assert not [n.op_type for n in model.graph.node if n.op_type in ("Transpose", "Concat", "FusedMatMul", "Attention")
+                and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert Counter(n.op_type for n in model.graph.node)["MatMulIntegerToFloat"] >= linears // 2
 
 
 def test_fp16_graph_exports_and_runs_in_ort(captured, tmp_path):

@@ -348,3 +348,17 @@ def test_minilm_accuracy_reexport_onnx_and_onnxruntime(captured, minilm_referenc
     ort_agreement = embedding_agreement(onnx_callable(session), None, tok, SENTENCES, reference_embeddings=minilm_reference)
     print(f"{spec} MiniLM: torch {torch_agreement}; onnxruntime {ort_agreement}")
     assert ort_agreement.mean >= 0.99, ort_agreement
+    if spec == STATIC:
+        # The transformer fusions (what `onnx-ort` stores) keep every quantized linear on the int8
+        # kernel: the attention core fuses, the q/k/v projections are not packed into fp32 weights.
+        from fxbench.exporters.onnx_ort import optimize_offline
+
+        fused = optimize_offline(path, tmp_path / "model.ort.onnx")
+        assert fused.contrib_ops["MultiHeadAttention"] == 6 and "Attention" not in fused.contrib_ops, fused.contrib_ops
+        stored = collections.Counter(n.op_type for n in onnx.load(str(fused.path)).graph.node)
+        assert stored["MatMulIntegerToFloat"] >= rec.details["quantized"] - 1 and stored["DequantizeLinear"] <= 1, stored
+        as_stored = ort.SessionOptions()
+        as_stored.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        fused_session = ort.InferenceSession(str(fused.path), as_stored, providers=["CPUExecutionProvider"])
+        fused_agreement = embedding_agreement(onnx_callable(fused_session), None, tok, SENTENCES, reference_embeddings=minilm_reference)
+        assert fused_agreement.mean >= 0.99, fused_agreement

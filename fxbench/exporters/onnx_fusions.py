@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
+import onnxscript.rewriter.ort_fusions._core as _ort_fusions_core
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-__all__ = ["CONTRIB_OPS", "EmbedLayerNormFusion", "contrib_op_counts", "embed_layer_norm_rules", "fuse_for_ort"]
+__all__ = [
+    "CONTRIB_OPS",
+    "EmbedLayerNormFusion",
+    "contrib_op_counts",
+    "embed_layer_norm_rules",
+    "fold_dequantized_weight_transposes",
+    "fuse_for_ort",
+    "has_dequantized_weights",
+]
 
 # The com.microsoft ops that the fusions produce, counted in the fused graph for the report.
 CONTRIB_OPS = (
@@ -160,18 +170,99 @@ def contrib_op_counts(model: ir.Model) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _dequantized_constant(value: ir.Value | None) -> ir.Node | None:
+    """The DequantizeLinear that produces `value` from a constant (a stored quantized weight)."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    return node if node.inputs[0] is not None and node.inputs[0].const_value is not None else None
+
+
+def fold_dequantized_weight_transposes(model: ir.Model) -> int:
+    """Rewrite Transpose(DequantizeLinear(W)) of a stored 2-D weight as DequantizeLinear(W^T).
+
+    Rules:
+    1. W is a constant [out, in] tensor read by this DequantizeLinear alone, whose output only the
+       Transpose (perm [1, 0]) reads (and is no graph output); a blocked DequantizeLinear
+       (block_size) is left alone.
+    2. Per-channel scales follow the transpose: axis 0 becomes axis 1 (and back); per-tensor
+       scales need nothing. The result is bit for bit the same.
+    3. Why: torch.onnx writes a quantized linear as MatMul(x, Transpose(DQ(W))). ONNX Runtime turns
+       only DQ -> MatMul into its int8 kernels (MatMulIntegerToFloat, QLinearMatMul); with the
+       Transpose between them the weight is dequantized to fp32 on every run, and the MatMul is fp32.
+    """
+    folded = 0
+    for node in list(model.graph):
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+            continue
+        dq = _dequantized_constant(node.inputs[0])
+        if dq is None or dq.attributes.get_int("block_size", 0):
+            continue
+        weight = dq.inputs[0]
+        perm = node.attributes.get_ints("perm", None)
+        array = weight.const_value.numpy()
+        if array.ndim != 2 or (perm is not None and list(perm) != [1, 0]):
+            continue
+        if len(weight.uses()) != 1 or len(dq.outputs[0].uses()) != 1 or dq.outputs[0].is_graph_output():
+            continue
+        scale = dq.inputs[1]
+        per_channel = scale is not None and scale.shape is not None and scale.shape.rank() == 1 and scale.shape[0] != 1
+        tensor = ir.tensor(np.ascontiguousarray(array.T))
+        transposed = ir.Value(name=f"{weight.name}_transposed", shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
+        model.graph.register_initializer(transposed)
+        attributes = {"axis": 1 - dq.attributes.get_int("axis", 1) % 2} if per_channel else {}
+        replacement = ir.node("DequantizeLinear", [transposed, *dq.inputs[1:]], attributes=attributes)
+        model.graph.insert_before(node, replacement)
+        replacement.outputs[0].shape, replacement.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
+        node.outputs[0].replace_all_uses_with(replacement.outputs[0], replace_graph_outputs=True)
+        model.graph.remove([node, dq], safe=True)
+        if not weight.uses() and weight.name in model.graph.initializers:
+            del model.graph.initializers[weight.name]
+        folded += 1
+    return folded
+
+
+def has_dequantized_weights(model: ir.Model) -> bool:
+    """Whether a MatMul or Gemm reads a stored quantized weight (a Q/DQ graph's linears)."""
+    return any(
+        node.op_type in ("MatMul", "Gemm") and any(_dequantized_constant(v) is not None for v in node.inputs[:2])
+        for node in model.graph.all_nodes()
+    )
+
+
+@contextlib.contextmanager
+def _without_packed_attention() -> Iterator[None]:
+    """onnxscript's last attention fusion packs the q, k and v projections into one Attention op
+    with their weights concatenated. In a Q/DQ graph those weights are DequantizeLinear outputs: the
+    pack would dequantize them to fp32 on every run and take the projections off ORT's int8
+    kernels. Without it, the attention core still fuses (MultiHeadAttention) and the projections stay
+    int8. onnxscript has no switch for one fusion, so its entry point is swapped for a no-op here."""
+    original = _ort_fusions_core.fuse_attention
+    _ort_fusions_core.fuse_attention = lambda model, **_: 0
+    try:
+        yield
+    finally:
+        _ort_fusions_core.fuse_attention = original
+
+
 def fuse_for_ort(model: ir.Model, *, skip: Sequence[str] = ()) -> tuple[ir.Model, dict[str, int]]:
     """Apply the transformer fusions in place; returns the model and how often each rule fired.
 
     Embedding fusion runs first: afterwards SkipLayerNormalization could take the embedding's
     LayerNormalization when position ids are [batch, seq] (the Adds would match as a skip sum).
-    `skip` names fusions to leave out ("embed_layer_normalization", "xformers").
+    Quantized weights have their transposes folded, and a graph with them keeps its projections
+    apart (their int8 kernels are the point of it). `skip` names fusions to leave out ("embed_layer_normalization",
+    "xformers").
     """
     counts: dict[str, int] = {}
     if "embed_layer_normalization" not in skip:
         counts["embed_layer_normalization"] = embed_layer_norm_rules().apply_to_model(model)
+    if "dequantized_weight_transposes" not in skip:
+        counts["dequantized_weight_transposes"] = fold_dequantized_weight_transposes(model)
+    quantized = has_dequantized_weights(model)
     if "xformers" not in skip:
-        model, more = optimize_for_ort(model)
+        with _without_packed_attention() if quantized else contextlib.nullcontext():
+            model, more = optimize_for_ort(model)
         counts.update(more)
         counts["attention_reflatten"] = _reflatten_attention_outputs(model)
     return model, counts
