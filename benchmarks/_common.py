@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fxbench.runtime import BenchResult, Measure, Warmup, best_artifact, render_markdown, render_table
+from fxbench.exporters import ExportOptions, read_artifacts
+from fxbench.models import CapturedProgram
+from fxbench.runtime import Backend, BenchResult, Measure, Warmup, best_artifact, render_markdown, render_table
+from fxbench.runtime.backends import folder_backends
 from fxbench.runtime.bench import Shape, shapes_from
 from fxbench.runtime.report import jsonable
+from fxbench.runtime.workflow import OptimizeRequest, optimize_captured
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,7 +48,8 @@ def parse_args(description: str, *, batch: str = "1", seq: str = "128", devices:
     p.add_argument("--batch", default=batch, help=f"Batch sizes, comma-separated (default {batch}).")
     p.add_argument("--seq", default=seq, help=f"Sequence lengths, comma-separated (default {seq}).")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: torch's).")
-    p.add_argument("--time", type=float, default=3.0, help="Seconds of timed runs per backend and shape (default 3, as trtexec).")
+    p.add_argument("--time", type=float, default=5.0, help="Seconds of timed runs per backend and shape, over all rounds (default 5).")
+    p.add_argument("--rounds", type=int, default=5, help="Rounds the backends' timed runs are interleaved in (default 5): ratios that hold on a noisy machine.")
     p.add_argument("--note", default="", help="A note stored with the results, e.g. 'noisy: other jobs on the machine'.")
     p.add_argument("--out", type=Path, default=RESULTS, help="Folder for <name>-<device>.json and .md.")
     if devices:
@@ -51,12 +59,51 @@ def parse_args(description: str, *, batch: str = "1", seq: str = "128", devices:
 
 def settings(args: argparse.Namespace) -> tuple[Warmup, Measure]:
     if args.quick:
-        return Warmup(iters=3, seconds=0.2), Measure(seconds=0.5, min_iters=5)
-    return Warmup(iters=10, seconds=1.0), Measure(seconds=args.time, min_iters=10)
+        return Warmup(iters=3, seconds=0.2), Measure(seconds=0.5, min_iters=5, rounds=min(args.rounds, 2))
+    return Warmup(iters=10, seconds=1.0), Measure(seconds=args.time, min_iters=10, rounds=args.rounds)
 
 
 def shapes(args: argparse.Namespace) -> list[Shape]:
     return shapes_from([int(b) for b in args.batch.split(",")], [int(s) for s in args.seq.split(",")])
+
+
+def fxbench_backends(captured: CapturedProgram, pipelines: Sequence[str], work: Path, device: str,
+                     seconds: dict[str, float], done: dict[str, Path] | None = None) -> list[Backend]:
+    """Every artifact that `fxbench optimize --pipeline P` makes for `device`, for each pipeline, on
+    one capture, labelled "P backend@file". `done` maps pipelines optimized already to their folder."""
+    out: list[Backend] = []
+    for pipeline in pipelines:
+        folder = (done or {}).get(pipeline)
+        if folder is None:
+            folder = work / f"fxbench-{pipeline}-{device}"
+            t = time.perf_counter()
+            optimize_captured(captured, OptimizeRequest(output=folder, pipeline=pipeline, bench=False, export=ExportOptions(device=device)))
+            seconds[f"fxbench optimize --pipeline {pipeline} --no-bench ({device})"] = time.perf_counter() - t
+        for backend in folder_backends(folder, read_artifacts(folder), device)[1:]:
+            out.append(dataclasses.replace(backend, label=f"{pipeline} {backend.label}"))
+    return out
+
+
+def backend_summary(result: BenchResult, labels: Sequence[str], shape: Shape) -> list[dict[str, Any]]:
+    """Per backend at `shape`: median latency, speedup against eager fp32, worst cosine and the task's agreement."""
+    rows = []
+    for label in labels:
+        m = result.measurement(label, shape)
+        if m is None or m.status != "ok" or m.latency is None or m.parity is None:
+            rows.append({"backend": label, "status": m.status if m else "not run", "reason": m.reason if m else ""})
+            continue
+        rows.append({
+            "backend": label, "status": "ok", "median_ms": m.latency.median_ms, "speedup": result.speedup(label, shape),
+            "worst_cosine": m.parity.cosine, "agreement": m.parity.agreement.value if m.parity.agreement else None,
+            "parity_passed": m.parity.passed,
+        })
+    return rows
+
+
+def fastest(rows: Sequence[dict[str, Any]], min_agreement: float) -> dict[str, Any] | None:
+    """The fastest row whose task agreement (for embeddings: mean sentence cosine) is at least `min_agreement`."""
+    ok = [r for r in rows if r["status"] == "ok" and (r["agreement"] or 0.0) >= min_agreement]
+    return min(ok, key=lambda r: r["median_ms"]) if ok else None
 
 
 def save(name: str, result: BenchResult, args: argparse.Namespace, extra: dict[str, Any], fxbench: list[str]) -> Path:

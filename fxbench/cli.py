@@ -130,6 +130,7 @@ def optimize(
     bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to time, comma-separated.")] = "1",
     bench_seq: Annotated[str, typer.Option("--bench-seq", help="Sequence lengths to time, comma-separated (capped at the model's positions).")] = "128",
     bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timed runs per backend and shape.")] = 2.0,
+    bench_rounds: Annotated[int, typer.Option("--bench-rounds", help="Interleave the timed runs in this many rounds (all artifacts loaded at once).")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every backend (default: torch's).")] = None,
     min_cosine: Annotated[float, typer.Option("--min-cosine", help="Accuracy budget of the best artifact: worst output cosine against eager fp32.")] = 0.99,
     max_abs_error: Annotated[float, typer.Option("--max-abs-error", help="Accuracy budget: largest absolute error against eager fp32.")] = float("inf"),
@@ -154,7 +155,7 @@ def optimize(
             targets=None if target is None else (() if target.strip().lower() == "none" else tuple(target.split(","))),
             export=_export_options(opset, shapes, device or _default_device()),
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch, "bench-batch") for s in seqs),
-            measure=Measure(seconds=bench_time), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
+            measure=Measure(seconds=bench_time, rounds=bench_rounds), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
             search=search,
         )
         result = run_optimize(request, events=progress)
@@ -375,6 +376,7 @@ def bench(
     warmup_time: Annotated[float, typer.Option("--warmup-time", help="Warm-up seconds after the first call, at least.")] = 0.5,
     iters: Annotated[Optional[int], typer.Option("--iters", help="Timed runs, exactly (instead of --time).")] = None,
     seconds: Annotated[Optional[float], typer.Option("--time", help="Seconds of timed runs per backend and shape (default 2).")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleave the backends' timed runs in this many rounds (all loaded at once): ratios that hold on a noisy machine.")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for report.json, report.md, report.html (default: DIR/bench for a folder, fxbench-out/<model>-bench).")] = None,
     task: TaskOpt = None,
@@ -404,7 +406,7 @@ def bench(
             raise FxbenchError("give --iters or --time, not both")
         names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
         shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"))
-        measure = Measure(iters=iters) if iters is not None else Measure(seconds=seconds if seconds is not None else 2.0)
+        measure = Measure(iters=iters, seconds=seconds if seconds is not None else 2.0, rounds=rounds)
         result = run_benchmark(
             model, names, shapes, device=device, threads=threads, task=task, events=progress,
             warmup=Warmup(iters=warmup, seconds=warmup_time, max_seconds=max(120.0, warmup_time)), measure=measure,

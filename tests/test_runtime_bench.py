@@ -55,6 +55,27 @@ def test_a_backend_failing_at_one_shape_does_not_stop_the_run(captured):
     assert good.status == "ok" and result.measurement("eager", Shape(65, 4)).status == "ok"
 
 
+def test_interleaved_rounds_load_everything_first_and_time_each_backend_in_turns(captured):
+    events: list[tuple[str, str]] = []
+    shapes = [Shape(65, 4), Shape(2, 8)]  # the program fails at batch 65 (the capture's range ends at 64)
+    result = run_benchmark(captured("bert"), ["eager", "program", "eager-bf16"], shapes, warmup=Warmup(iters=1, seconds=0.0),
+                           measure=Measure(iters=6, rounds=3), threads=1, events=lambda step, status, _: events.append((step, status)))
+    done = [step for step, status in events if status in ("done", "fail")]
+    # Every backend is loaded before any shape is measured; a shape's results come together after
+    # its rounds (a failure to bind, at once).
+    assert done[:3] == ["eager", "program", "eager-bf16"]
+    assert done[3:] == ["program b65 s4", "eager b65 s4", "eager-bf16 b65 s4", "eager b2 s8", "program b2 s8", "eager-bf16 b2 s8"]
+    # Measurements in the sequential run's order (backend, then shape); the failure stays local.
+    assert [(m.backend, m.shape) for m in result.measurements] == [(b, s) for b in ("eager", "program", "eager-bf16") for s in shapes]
+    assert result.measurement("program", Shape(65, 4)).status == "failed"
+    for m in result.measurements:
+        if m.backend == "program" and m.batch == 65:
+            continue
+        assert m.status == "ok" and m.latency.count == 6 and m.parity.passed, m  # 2 runs in each of 3 rounds
+        assert m.warmup.first_call_s > 0 and m.memory.kind == "rss"
+    assert result.settings["measure"]["rounds"] == 3
+
+
 def test_language_model_agreement_is_next_token_argmax(captured):
     result = run_benchmark(captured("gpt2"), ["eager", "program"], [Shape(2, 8)], **QUICK)
     m = result.measurement("program", Shape(2, 8))

@@ -80,9 +80,19 @@ def test_timed_runs_by_count_or_by_time():
     assert len(few.wall) == 5  # the time budget never cuts below min_iters
 
 
+def test_rounds_share_the_runs_out():
+    assert Measure(iters=10, rounds=3).per_round() == Measure(iters=4, seconds=2.0 / 3, min_iters=4, max_iters=333_334)
+    one = Measure(seconds=3.0, min_iters=10, rounds=4).per_round()
+    assert (one.iters, one.seconds, one.min_iters, one.rounds) == (None, 0.75, 3, 1)
+    assert Measure(iters=5).per_round() == Measure(iters=5)
+    # time_runs is one backend alone: it times all of the runs at once, whatever the rounds.
+    timing = time_runs(lambda: None, device="cpu", warmup=Warmup(iters=0, seconds=0.0), measure=Measure(iters=7, rounds=3))
+    assert len(timing.wall) == 7
+
+
 @pytest.mark.parametrize(
     "make",
-    [lambda: Measure(iters=0), lambda: Measure(iters=None, seconds=0), lambda: Warmup(iters=-1), lambda: Warmup(seconds=5, max_seconds=1),
+    [lambda: Measure(iters=0), lambda: Measure(iters=None, seconds=0), lambda: Measure(rounds=0), lambda: Warmup(iters=-1), lambda: Warmup(seconds=5, max_seconds=1),
      lambda: shapes_from([0], [128]), lambda: shapes_from([1], [])],
 )
 def test_bad_options_are_user_errors(make):

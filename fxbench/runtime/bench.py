@@ -34,6 +34,8 @@ from fxbench.runtime.harness import (
     first_call,
     peak_memory,
     time_runs,
+    timed_runs,
+    warm_up,
 )
 from fxbench.runtime.sessions import Session
 from fxbench.runtime.steps import load_and_capture, resolve_model_source
@@ -280,11 +282,16 @@ def _measure(session: Session, backend: Backend, shape: Shape, inputs: dict[str,
         parity = _parity(backend, [before, after], reference, captured, inputs)
     except Exception as exc:  # noqa: BLE001 - one backend failing at one shape is a result, not a crash
         return Measurement(backend.label, shape.batch, shape.seq, "failed", _one_line(exc), device)
+    return _measured(backend, shape, device, timing.wall, timing.device, timing.warmup, mem.record, parity)
+
+
+def _measured(backend: Backend, shape: Shape, device: str, wall: list[float], device_times: list[float] | None,
+              warmup: WarmupRecord, memory: MemoryRecord | None, parity: ParityRecord) -> Measurement:
     return Measurement(
         backend.label, shape.batch, shape.seq, "ok", "" if parity.passed else f"parity: {parity.reason}", device,
-        latency=LatencyStats.from_seconds(timing.wall, shape.batch),
-        device_latency=LatencyStats.from_seconds(timing.device, shape.batch) if timing.device else None,
-        warmup=timing.warmup, memory=mem.record, parity=parity,
+        latency=LatencyStats.from_seconds(wall, shape.batch),
+        device_latency=LatencyStats.from_seconds(device_times, shape.batch) if device_times else None,
+        warmup=warmup, memory=memory, parity=parity,
     )
 
 
@@ -372,50 +379,139 @@ def run_benchmark(
     )
 
 
+def _load(backend: Backend, captured: CapturedProgram, device: str, run_threads: int, events: EventFn) -> tuple[BackendRecord, Session | None]:
+    """Load one backend: its record, and its session (None when it was skipped or failed to load)."""
+    spec = backend.spec
+    base = dict(label=backend.label, name=backend.name, summary=spec.summary, device=spec.device_for(device),
+                precision=backend.effective_precision, artifact=str(backend.artifact) if backend.artifact else None)
+    events(backend.label, "start", "")
+    t0 = time.perf_counter()
+    session: Session | None = None
+    try:
+        session = create_session(backend, captured, device=device, threads=run_threads)
+    except FxbenchError as exc:
+        # BackendUnavailableError: not installed, no device, built for another machine.
+        reason = " ".join(str(exc).split())
+        events(backend.label, "skip", f"skipped: {reason}")
+        return BackendRecord(**base, status="skipped", reason=reason), None
+    except Exception as exc:  # noqa: BLE001 - a backend that breaks while loading is reported, the rest still run
+        events(backend.label, "fail", _one_line(exc))
+        _release(session)
+        return BackendRecord(**base, status="failed", reason=_one_line(exc), load_seconds=time.perf_counter() - t0), None
+    events(backend.label, "done", f"loaded on {session.device}")
+    return BackendRecord(**base, status="ok", load_seconds=time.perf_counter() - t0, cuda_graphs=session.cuda_graphs, io=session.io), session
+
+
+def _report(events: EventFn, step: str, m: Measurement) -> None:
+    if m.status == "ok":
+        assert m.latency is not None and m.parity is not None
+        mark = "" if m.parity.passed else " PARITY FAIL"
+        events(step, "done", f"median {m.latency.median_ms:.3f} ms, p99 {m.latency.p99_ms:.3f} ms, cos {m.parity.cosine:.6f}{mark}")
+    else:
+        events(step, "fail", m.reason)
+
+
 def _run_backends(chosen: Sequence[Backend], captured: CapturedProgram, shapes: Sequence[Shape], inputs: dict[Shape, dict[str, torch.Tensor]],
                   reference: dict[Shape, tuple[torch.Tensor, ...]], device: str, run_threads: int, warmup: Warmup, measure: Measure,
                   events: EventFn) -> tuple[list[BackendRecord], list[Measurement]]:
-    """Each backend in turn: load it, measure it at every shape, release it before the next loads."""
+    """Each backend in turn: load it, measure it at every shape, release it before the next loads
+    (with `measure.rounds` > 1: all loaded at once, timed in interleaved rounds)."""
+    if measure.rounds > 1:
+        return _run_interleaved(chosen, captured, shapes, inputs, reference, device, run_threads, warmup, measure, events)
     records: list[BackendRecord] = []
     measurements: list[Measurement] = []
     for backend in chosen:
-        spec = backend.spec
-        base = dict(label=backend.label, name=backend.name, summary=spec.summary, device=spec.device_for(device),
-                    precision=backend.effective_precision, artifact=str(backend.artifact) if backend.artifact else None)
-        events(backend.label, "start", "")
-        t0 = time.perf_counter()
-        session: Session | None = None
-        try:
-            session = create_session(backend, captured, device=device, threads=run_threads)
-        except FxbenchError as exc:
-            # BackendUnavailableError: not installed, no device, built for another machine.
-            reason = " ".join(str(exc).split())
-            records.append(BackendRecord(**base, status="skipped", reason=reason))
-            events(backend.label, "skip", f"skipped: {reason}")
+        record, session = _load(backend, captured, device, run_threads, events)
+        records.append(record)
+        if session is None:
             continue
-        except Exception as exc:  # noqa: BLE001 - a backend that breaks while loading is reported, the rest still run
-            records.append(BackendRecord(**base, status="failed", reason=_one_line(exc), load_seconds=time.perf_counter() - t0))
-            events(backend.label, "fail", _one_line(exc))
-            _release(session)
-            continue
-        load_s = time.perf_counter() - t0
-        records.append(BackendRecord(**base, status="ok", load_seconds=load_s, cuda_graphs=session.cuda_graphs, io=session.io))
-        events(backend.label, "done", f"loaded on {session.device}")
         try:
             for shape in shapes:
                 step = f"{backend.label} {shape.label}"
                 events(step, "start", "")
                 m = _measure(session, backend, shape, inputs[shape], reference[shape], captured, warmup, measure)
                 measurements.append(m)
-                if m.status == "ok":
-                    assert m.latency is not None and m.parity is not None
-                    mark = "" if m.parity.passed else " PARITY FAIL"
-                    events(step, "done", f"median {m.latency.median_ms:.3f} ms, p99 {m.latency.p99_ms:.3f} ms, cos {m.parity.cosine:.6f}{mark}")
-                else:
-                    events(step, "fail", m.reason)
+                _report(events, step, m)
         finally:
             _release(session)
     return records, measurements
+
+
+@dataclass
+class _Live:
+    """A backend bound to one shape's inputs, warmed up, collecting its timed runs round by round."""
+
+    backend: Backend
+    bound: Any
+    before: tuple[torch.Tensor, ...]
+    warmup: WarmupRecord
+    memory: MemoryRecord | None
+    wall: list[float] = field(default_factory=list)
+    device_times: list[float] | None = None
+    error: str | None = None
+
+
+def _run_interleaved(chosen: Sequence[Backend], captured: CapturedProgram, shapes: Sequence[Shape], inputs: dict[Shape, dict[str, torch.Tensor]],
+                     reference: dict[Shape, tuple[torch.Tensor, ...]], device: str, run_threads: int, warmup: Warmup, measure: Measure,
+                     events: EventFn) -> tuple[list[BackendRecord], list[Measurement]]:
+    """Every backend loaded at once; at each shape, each is checked and warmed up, then timed for
+    one round's share of its runs in turn, `measure.rounds` times over. Peak memory is taken over
+    each backend's binding, first call and warm-up (the timed rounds of the others interleave)."""
+    records: list[BackendRecord] = []
+    loaded: list[tuple[Backend, Session]] = []
+    measurements: dict[tuple[str, Shape], Measurement] = {}
+    per_round = measure.per_round()
+    try:
+        for backend in chosen:
+            record, session = _load(backend, captured, device, run_threads, events)
+            records.append(record)
+            if session is not None:
+                loaded.append((backend, session))
+        for shape in shapes:
+            live: list[_Live] = []
+            for backend, session in loaded:
+                events(f"{backend.label} {shape.label}", "start", "")
+                try:
+                    with peak_memory(device, session.torch_allocator) as mem:
+                        bound = session.bind(inputs[shape])
+                        first = first_call(bound.step, device=device)
+                        before = bound.fetch()
+                        record = warm_up(bound.step, device=device, warmup=warmup, first_call_s=first)
+                    live.append(_Live(backend, bound, before, record, mem.record))
+                except Exception as exc:  # noqa: BLE001 - as in _measure: a failure at one shape is a result
+                    measurements[backend.label, shape] = Measurement(backend.label, shape.batch, shape.seq, "failed", _one_line(exc), device)
+                    _report(events, f"{backend.label} {shape.label}", measurements[backend.label, shape])
+            for _ in range(measure.rounds):
+                for item in live:
+                    if item.error is not None:
+                        continue
+                    try:
+                        wall, device_times = timed_runs(item.bound.step, device=device, measure=per_round)
+                    except Exception as exc:  # noqa: BLE001
+                        item.error = _one_line(exc)
+                        continue
+                    item.wall += wall
+                    if device_times is not None:
+                        item.device_times = (item.device_times or []) + device_times
+            for item in live:
+                label = item.backend.label
+                if item.error is None:
+                    try:
+                        parity = _parity(item.backend, [item.before, item.bound.fetch()], reference[shape], captured, inputs[shape])
+                        measurements[label, shape] = _measured(item.backend, shape, device, item.wall, item.device_times, item.warmup,
+                                                               item.memory, parity)
+                    except Exception as exc:  # noqa: BLE001
+                        item.error = _one_line(exc)
+                if item.error is not None:
+                    measurements[label, shape] = Measurement(label, shape.batch, shape.seq, "failed", item.error, device)
+                _report(events, f"{label} {shape.label}", measurements[label, shape])
+            del live
+    finally:
+        for _, session in loaded:
+            _release(session)
+    # In the order the sequential run gives: by backend, then by shape.
+    ordered = [measurements[b.label, s] for b in chosen for s in shapes if (b.label, s) in measurements]
+    return records, ordered
 
 
 def _resolve(backends: Sequence[str | Backend] | None, folder: Path | None, artifacts: Sequence[Artifact], device: str) -> list[Backend]:

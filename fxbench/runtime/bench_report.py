@@ -98,6 +98,8 @@ def header_lines(result: BenchResult) -> list[str]:
 def method_note(result: BenchResult) -> str:
     w, m = result.settings["warmup"], result.settings["measure"]
     timed = f"{m['iters']} timed runs" if m.get("iters") else f"timed runs for {m['seconds']} s (at least {m['min_iters']})"
+    if m.get("rounds", 1) > 1:
+        timed += f", interleaved across the backends in {m['rounds']} rounds (all loaded at once)"
     clock = ("host wall clock per run, synchronized (latency) and CUDA events (device ms)" if result.device == "cuda"
              else "wall clock per run")
     return (

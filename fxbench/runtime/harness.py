@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,8 @@ __all__ = [
     "first_call",
     "peak_memory",
     "time_runs",
+    "timed_runs",
+    "warm_up",
 ]
 
 
@@ -78,12 +80,19 @@ class Warmup:
 @dataclass(frozen=True)
 class Measure:
     """How many timed runs: exactly `iters` when it is set, else for `seconds` (at least
-    `min_iters`, at most `max_iters`)."""
+    `min_iters`, at most `max_iters`), per backend and shape.
+
+    `rounds` > 1 interleaves the backends: all of them are loaded and warmed up, then each is timed
+    for 1/rounds of its runs in turn, `rounds` times over. A machine whose speed drifts (other
+    jobs, clock changes, a noisy neighbour on a VM) then slows every backend alike, and the ratios
+    between them hold; one after another, a slow minute lands on whichever backend it hits.
+    """
 
     iters: int | None = None
     seconds: float = 2.0
     min_iters: int = 10
     max_iters: int = 1_000_000
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.iters is not None and self.iters < 1:
@@ -92,6 +101,16 @@ class Measure:
             raise BenchOptionError(f"--time must be positive, not {self.seconds}")
         if self.min_iters < 1 or self.max_iters < self.min_iters:
             raise BenchOptionError("min_iters must be at least 1 and at most max_iters")
+        if self.rounds < 1:
+            raise BenchOptionError(f"--rounds must be at least 1, not {self.rounds}")
+
+    def per_round(self) -> Measure:
+        """One round's share of the runs (every round times at least one run)."""
+        if self.rounds == 1:
+            return self
+        share = lambda n: max(1, math.ceil(n / self.rounds))  # noqa: E731
+        return Measure(iters=share(self.iters) if self.iters is not None else None, seconds=self.seconds / self.rounds,
+                       min_iters=share(self.min_iters), max_iters=share(self.max_iters))
 
     def done(self, count: int, elapsed: float) -> bool:
         if self.iters is not None:
@@ -182,21 +201,11 @@ def first_call(step: Callable[[], object], *, device: str) -> float:
     return _now() - t0
 
 
-def time_runs(
-    step: Callable[[], object], *, device: str, warmup: Warmup, measure: Measure, first_call_s: float | None = None
-) -> Timing:
-    """Warm `step` up, then time it (its first call too, unless the caller made it: `first_call_s`).
-
-    CPU: each run is timed with the wall clock. GPU: each run is bracketed by CUDA events on the
-    current stream and synchronized before the clock stops, so the wall clock is the host latency
-    (launch, run, wait) and the events are the device time; both are read after synchronizing.
-    """
-    cuda = device == "cuda"
-    sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
-
+def warm_up(step: Callable[[], object], *, device: str, warmup: Warmup, first_call_s: float | None = None) -> WarmupRecord:
+    """Run `step` until `warmup` is done (its first call too, unless the caller made it: `first_call_s`)."""
+    sync: Callable[[], None] = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with _gc_paused():
         first = first_call(step, device=device) if first_call_s is None else first_call_s
-
         warm_times: list[float] = []
         start = _now()
         while not warmup.done(warm_times, _now() - start):
@@ -204,8 +213,19 @@ def time_runs(
             step()
             sync()
             warm_times.append(_now() - t)
-        warm_record = WarmupRecord(first, len(warm_times), _now() - start, warmup.steady(warm_times))
+        return WarmupRecord(first, len(warm_times), _now() - start, warmup.steady(warm_times))
 
+
+def timed_runs(step: Callable[[], object], *, device: str, measure: Measure) -> tuple[list[float], list[float] | None]:
+    """Time `step` until `measure` is done (one round of it: see `Measure.per_round`).
+
+    CPU: each run is timed with the wall clock. GPU: each run is bracketed by CUDA events on the
+    current stream and synchronized before the clock stops, so the wall clock is the host latency
+    (launch, run, wait) and the events are the device time; both are read after synchronizing.
+    Returns the per-run wall times and, on a GPU, the device times, in seconds.
+    """
+    cuda = device == "cuda"
+    with _gc_paused():
         wall: list[float] = []
         events: list[tuple[Any, Any]] = []
         start = _now()
@@ -223,8 +243,16 @@ def time_runs(
                 t = _now()
                 step()
                 wall.append(_now() - t)
-    device_times = [b.elapsed_time(e) / 1e3 for b, e in events] if cuda else None
-    return Timing(wall, device_times, warm_record)
+    return wall, ([b.elapsed_time(e) / 1e3 for b, e in events] if cuda else None)
+
+
+def time_runs(
+    step: Callable[[], object], *, device: str, warmup: Warmup, measure: Measure, first_call_s: float | None = None
+) -> Timing:
+    """Warm `step` up, then time it: `warm_up`, then `timed_runs` (all of `measure`'s rounds back to back)."""
+    record = warm_up(step, device=device, warmup=warmup, first_call_s=first_call_s)
+    wall, device_times = timed_runs(step, device=device, measure=replace(measure, rounds=1))
+    return Timing(wall, device_times, record)
 
 
 @dataclass(frozen=True)
