@@ -88,6 +88,29 @@ def test_builtin_passes_are_registered_with_summaries():
         get_pass("remove-noop")
 
 
+# One pass per file, named verb_object after the pass (STYLE.md): the whole built-in library.
+PASS_MODULES = (
+    "drop_layers", "eliminate_common_subexpressions", "eliminate_dead_code", "extract", "fold_batchnorm", "fold_constants",
+    "fuse_attention", "merge_qkv", "prune_heads", "quantize_fp8", "quantize_int8_dynamic", "quantize_int8_static",
+    "quantize_int8_weight_only", "remove_noops", "replace_op", "to_bf16", "to_fp16",
+)
+
+
+def test_one_pass_per_file_named_after_its_module():
+    import pkgutil
+
+    import fxbench.passes as package
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                     if not m.name.startswith("_") and m.name not in ("base", "registry", "pipelines", "runner", "patterns"))
+    assert tuple(modules) == PASS_MODULES
+    builtins = {name: info for name, info in available_passes().items() if info.origin == "built-in"}
+    by_module = {info.cls.__module__.rsplit(".", 1)[-1]: name for name, info in builtins.items()}
+    assert len(by_module) == len(builtins)  # no module registers two passes
+    assert by_module == {m: m.replace("_", "-") for m in PASS_MODULES}
+    assert all(builtins[name].cls.summary() for name in by_module.values())
+
+
 @dataclass(frozen=True)
 class _Opts:
     layers: tuple[int, ...] = ()
