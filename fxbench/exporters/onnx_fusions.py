@@ -251,8 +251,8 @@ def fuse_for_ort(model: ir.Model, *, skip: Sequence[str] = ()) -> tuple[ir.Model
     Embedding fusion runs first: afterwards SkipLayerNormalization could take the embedding's
     LayerNormalization when position ids are [batch, seq] (the Adds would match as a skip sum).
     Quantized weights have their transposes folded, and a graph with them keeps its projections
-    apart (their int8 kernels are the point of it). `skip` names fusions to leave out ("embed_layer_normalization",
-    "xformers").
+    apart (their int8 kernels are the point of it). `skip` names fusions to leave out
+    ("embed_layer_normalization", "dequantized_weight_transposes", "xformers").
     """
     counts: dict[str, int] = {}
     if "embed_layer_normalization" not in skip:
