@@ -30,7 +30,7 @@ from fxbench.exporters.onnx import OnnxRunner, export_onnx
 from fxbench.exporters.onnx_ort import ORT_LEVELS, optimize_offline
 from fxbench.models import capture, demo_model_path, load_model
 from fxbench.numerics import compare
-from fxbench.runtime.report import write_json
+from fxbench.reports import write_json
 
 
 def main() -> None:

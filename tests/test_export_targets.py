@@ -29,8 +29,8 @@ from fxbench.exporters.checks import verify
 from fxbench.exporters.onnx import OnnxRunner
 from fxbench.numerics import Tolerance, compare
 from fxbench.runtime.backends import create_session, folder_backends, parse_backends
-from fxbench.runtime.bench import Shape, run_benchmark
-from fxbench.runtime.export_job import ExportRequest, export
+from fxbench.jobs import ExportRequest, export, run_benchmark
+from fxbench.runtime.bench import Shape
 from fxbench.runtime.harness import Measure, Warmup
 
 

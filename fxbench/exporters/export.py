@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from fxbench.errors import ExportError, FxbenchError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import ExportSubject, build_checks
+from fxbench.events import EventFn
 from fxbench.exporters.onnx import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, validate_opset
 from fxbench.exporters.onnx_ort import DEFAULT_LEVEL, ORT_LEVELS
 from fxbench.exporters.targets import ONNX_SOURCE, TARGETS, ExportContext, ExportTarget, parse_targets, preflight, target_file
@@ -20,7 +21,6 @@ from fxbench.numerics import PRECISIONS
 
 __all__ = ["ExportFailure", "ExportOptions", "ExportOutcome", "export_artifacts"]
 
-EventFn = Callable[[str, str, str], None]  # (step, status: start|done|fail, detail), as the workflow's
 
 
 @dataclass(frozen=True)

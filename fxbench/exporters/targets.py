@@ -247,13 +247,3 @@ def device_targets(options: ExportOptions) -> tuple[str, ...]:
     wanted = tuple(t.name for t in TARGETS.values() if options.device in t.devices)
     blocked = preflight(wanted, options)
     return tuple(t for t in wanted if t not in blocked)
-
-
-# Moved to export.py (they load onnx to validate options); the jobs still import them from here.
-_MOVED = ("ExportFailure", "ExportOptions", "ExportOutcome", "export_artifacts")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(_exporter("export"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,12 +6,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fxbench.errors import BackendUnavailableError, FxbenchError
+from fxbench.errors import ArtifactMissingError, BackendUnavailableError, UnknownBackendError
 from fxbench.exporters import PROGRAM_FILE, Artifact, target_file
 from fxbench.models import CapturedProgram
 from fxbench.runtime.sessions import (
     AotiSession,
-    ArtifactMissingError,
     CompileSession,
     EagerSession,
     OrtSession,
@@ -26,16 +25,11 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendSpec",
-    "UnknownBackendError",
     "create_session",
     "default_backends",
     "folder_backends",
     "parse_backends",
 ]
-
-
-class UnknownBackendError(FxbenchError):
-    pass
 
 
 Factory = Callable[[CapturedProgram, SessionOptions], Session]
