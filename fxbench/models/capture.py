@@ -14,7 +14,7 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
 from fxbench.errors import CaptureError
-from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
+from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, example_shape, make_inputs
 from fxbench.models.loading import LoadedModel
 
 __all__ = ["CapturedProgram", "FlatOutputs", "capture", "export_graph_module", "unlift", "run_module"]
@@ -180,6 +180,9 @@ def capture(
     The eager model runs first on the same inputs: its outputs are the reference every pass and
     artifact is checked against, and they fix the names and order of the graph's outputs.
     """
+    if loaded.example_inputs is not None:  # a module handed in with examples is captured on them
+        ex_batch, ex_seq = example_shape(loaded)
+        batch, seq = ex_batch or batch, ex_seq or seq
     inputs = make_inputs(loaded, batch, seq, use_preprocessor=use_preprocessor)
     try:
         with torch.no_grad():
