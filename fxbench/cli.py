@@ -41,6 +41,12 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# typer >= 0.22 carries its own copy of click: its usage errors are of typer's classes.
+_USAGE_ERRORS: tuple[type[Exception], ...] = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
+_BAD_PARAMETER = tuple({click.BadParameter, typer.BadParameter})
+_ABORT = tuple({click.Abort, typer.Abort})
+
+
 class _Group(typer.core.TyperGroup):
     """The command group: a usage error (a bad choice, an unknown option) is one `error:` line and
     exit code 2, as every other user error."""
@@ -48,12 +54,12 @@ class _Group(typer.core.TyperGroup):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # noqa: D102
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-        except click.ClickException as exc:
+        except _USAGE_ERRORS as exc:
             if not standalone_mode:
                 raise
             print(f"error: {_usage_message(exc)}", file=sys.stderr)
-            sys.exit(exc.exit_code)
-        except click.Abort:
+            sys.exit(getattr(exc, "exit_code", 2))
+        except _ABORT:
             if not standalone_mode:
                 raise
             print("error: aborted", file=sys.stderr)
@@ -63,13 +69,13 @@ class _Group(typer.core.TyperGroup):
         return rv
 
 
-def _usage_message(exc: click.ClickException) -> str:
-    if isinstance(exc, click.BadParameter) and exc.param is not None and exc.param.opts:
-        message = f"{exc.param.opts[0]}: {exc.message}"
+def _usage_message(exc: Exception) -> str:
+    if isinstance(exc, _BAD_PARAMETER):  # a parser's own message names the option
+        message = exc.message  # type: ignore[attr-defined]
     else:
-        message = exc.format_message()
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     ctx = getattr(exc, "ctx", None)
-    hint = f" (see {ctx.command_path} -h)" if isinstance(exc, click.UsageError) and ctx is not None else ""
+    hint = f" (see {ctx.command_path} -h)" if ctx is not None and not isinstance(exc, _BAD_PARAMETER) else ""
     return _one_line(message) + hint
 
 
@@ -125,6 +131,7 @@ class _Names:
 
     def __init__(self, what: str, names: Callable[[], Sequence[str]] | Sequence[str], *, many: bool = False, extra: Sequence[str] = ()):
         self.what, self._names, self.many, self.extra = what, names, many, tuple(extra)
+        self.flag = ""  # the option's name, for the error line (click does not hand a parser its option)
 
     def known(self) -> list[str]:
         names = self._names() if callable(self._names) else self._names
@@ -137,7 +144,8 @@ class _Names:
         known = self.known()
         bad = [v for v in items if v not in known]
         if bad or not items:
-            raise click.BadParameter(f"unknown {self.what} {(bad or [value])[0]!r}; choose {'some' if self.many else 'one'} of: {', '.join(known)}")
+            where = f"{self.flag}: " if self.flag else ""
+            raise typer.BadParameter(f"{where}unknown {self.what} {(bad or [value])[0]!r}; choose {'some' if self.many else 'one'} of: {', '.join(known)}")
         return ",".join(items) if self.many else items[0]
 
     def complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -147,6 +155,7 @@ class _Names:
     def option(self, *decls: str, metavar: str | None = None, **kwargs: Any) -> Any:
         """A typer.Option parsed and completed by this."""
         static = None if callable(self._names) else "|".join(self.known())
+        self.flag = decls[0]
         return typer.Option(*decls, parser=self, shell_complete=self.complete, metavar=metavar or (f"[{static}]" if static else None), **kwargs)
 
 
@@ -371,7 +380,7 @@ def optimize(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
-    target: Annotated[Optional[str], _hidden("--target")] = None,
+    target: Annotated[Optional[str], _Names("export target", _targets, many=True, extra=("none",)).option("--target", hidden=True)] = None,
     bench_batch: Annotated[Optional[str], _hidden("--bench-batch")] = None,
     bench_seq: Annotated[Optional[str], _hidden("--bench-seq")] = None,
     bench_time: Annotated[Optional[float], _hidden("--bench-time")] = None,
@@ -386,12 +395,7 @@ def optimize(
         from fxbench.models import DynamicDims
         from fxbench.reports.terminal import print_optimize
 
-        if target is not None:
-            to = target if to is None else to
-            try:
-                _TARGETS_OR_NONE(target)
-            except click.BadParameter as exc:
-                raise FxbenchError(f"--target: {exc.message}") from None
+        to = target if to is None else to
         warm, measure = _timing(iters, seconds if seconds is not None else bench_time, bench_rounds or rounds, warmup, warmup_time)
         edits = tuple(e for spec in (passes or []) for e in spec.split(";") if e.strip())
         seqs = _int_list(bench_seq or seq, "seq")

@@ -102,11 +102,32 @@ def collect_environment(command: list[str] | None = None) -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version(),
         }
     if command is not None:
-        command = list(command)
+        command = _redacted(list(command))
         if command and Path(command[0]).name in ("__main__.py", "fxbench"):  # `python -m fxbench` or the script
             command[0] = "fxbench"
         env["command"] = " ".join(command)
     return env
+
+
+# Options whose values are secrets: the command line a report records says they were given, not what.
+_SECRET_OPTIONS = ("--token",)
+
+
+def _redacted(command: list[str]) -> list[str]:
+    out = []
+    hide = False
+    for arg in command:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in _SECRET_OPTIONS:
+            out.append(arg)
+            hide = True
+        elif arg.startswith(tuple(f"{o}=" for o in _SECRET_OPTIONS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
 
 
 def _nvidia_driver() -> str | None:

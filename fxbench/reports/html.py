@@ -108,16 +108,16 @@ class Box:
     def of(cls, m: Measurement) -> Box:
         lat = m.latency
         assert lat is not None
-        if m.samples_ms:
+        if m.samples_ms:  # the box is the tables' numbers; the runs give the whiskers and the dots
             x = np.asarray(m.samples_ms, dtype=np.float64)
-            q1, med, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
+            q1, med, q3 = lat.p25_ms, lat.median_ms, lat.p75_ms
             iqr = q3 - q1
             inside = x[(x >= q1 - 1.5 * iqr) & (x <= q3 + 1.5 * iqr)]
             low, high = float(inside.min()), float(inside.max())
             beyond = np.sort(x[(x < low) | (x > high)])
             if beyond.size > 40:  # enough to show the tail; every run is in report.json
                 beyond = beyond[np.linspace(0, beyond.size - 1, 40).astype(int)]
-            return cls(q1, med, q3, low, high, 1.57 * iqr / math.sqrt(x.size), tuple(float(v) for v in beyond), int(x.size))
+            return cls(q1, med, q3, min(low, q1), max(high, q3), lat.median_ci_ms, tuple(float(v) for v in beyond), int(x.size))
         return cls(lat.p25_ms, lat.median_ms, lat.p75_ms, lat.min_ms, lat.max_ms, lat.median_ci_ms, (), lat.count)
 
 
@@ -320,7 +320,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px;color
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}h3{font-size:14px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0;max-width:100%}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-th{background:#f5f5f5;white-space:normal}td.l,th.l{text-align:left}td.t{text-align:left;white-space:normal;min-width:8em}
+th{background:#f5f5f5;white-space:normal}td.l,th.l{text-align:left}td.t{text-align:left;white-space:normal;min-width:6em}
 tr.skipped td{color:#8a6d00}tr.failed td{color:#b00020}td.bad{color:#b00020;font-weight:600}
 .plots{display:flex;flex-wrap:wrap;gap:16px}.plots svg{border:1px solid #eee;background:#fff}
 ul{font-size:13px;padding-left:20px}li{overflow-wrap:anywhere}code{background:#f5f5f5;padding:1px 4px}
@@ -331,7 +331,7 @@ details{margin:8px 0}summary{cursor:pointer;font-size:13px}
 # The main table keeps to what fits 800 px; the rest of each measurement is in the details table.
 _MAIN = ("backend", "shape", "median ms", "p95 ms", "spread", "speedup", "cosine", "agree", "status")
 _DETAIL = ("backend", "shape", "runs", "p90 ms", "p99 ms", "mean ms", "std ms", "samples/s", "mem MiB", "max abs")
-_TEXT = {"status", "note", "op changes", "checks", "what", "summary", "options", "passes", "error"}
+_TEXT = {"status", "note", "op changes", "checks", "what", "I/O", "summary", "options", "passes", "error"}
 
 
 def _bench_table(result: BenchResult, table_id: str, columns: Sequence[str]) -> str:
@@ -413,6 +413,8 @@ def html_table(table_id: str, columns: Sequence[str], cells: Iterable[rows.Cells
     """An HTML table of the rows' cells in `columns`; `right` columns right-aligned, prose columns
     wrapped, the others left."""
     right = set(right)
+    cells = list(cells)
+    columns = [c for c in columns if any(row.get(c, "") != "" for row in cells)] or list(columns)  # no empty column takes width
     cls = {c: "" if c in right else ("t" if c in _TEXT else "l") for c in columns}
     head = "".join(f'<th class="{"" if c in right else "l"}">{_e(c)}</th>' for c in columns)
     body = "".join("<tr>" + "".join(f'<td class="{cls[c]}">{_e(row.get(c, ""))}</td>' for c in columns) + "</tr>" for row in cells)

@@ -55,8 +55,8 @@ class Progress:
         self._live: RichProgress | None = None
         self._tasks: dict[str, TaskID] = {}
 
-    def _display(self) -> RichProgress:
-        if self._live is None:
+    def _display(self) -> RichProgress | None:
+        if self._live is None and self.console.is_terminal:  # piped output: the step lines alone
             self._live = RichProgress(
                 SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[cyan]{task.fields[place]}"), TimeElapsedColumn(),
                 console=self.console, transient=True,
@@ -70,7 +70,8 @@ class Progress:
         if status == "start":
             self.started[step] = time.perf_counter()
             live = self._display()
-            self._tasks[step] = live.add_task(step, total=None, place=detail)
+            if live is not None:
+                self._tasks[step] = live.add_task(step, total=None, place=detail)
             return
         if status == "update":
             if step in self._tasks and self._live is not None:
@@ -96,10 +97,10 @@ class Progress:
 
 def step_line(mark: str, step: str, detail: str, seconds: float, width: int) -> Table:
     """One finished step: the detail wraps in its own column at word boundaries (a number is never
-    split), the step name keeps up to 40% of the width, the seconds stay at the right."""
+    split), the step name keeps up to 46% of the width, the seconds stay at the right."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
-    grid.add_column(min_width=min(24, width // 3), max_width=max(12, int(width * 0.4)), overflow="fold")
+    grid.add_column(min_width=min(24, width // 3), max_width=max(12, int(width * 0.46)), overflow="fold")
     grid.add_column(ratio=1, overflow="fold")
     grid.add_column(justify="right", no_wrap=True)
     grid.add_row(mark, Text(step), Text(detail), f"[dim]{seconds:.1f}s[/]")
@@ -111,14 +112,14 @@ _TEXT_MIN = 12  # a prose column keeps at least this width (or its longest word)
 
 
 def _needed(col: Column, data: Sequence[rows.Cells]) -> int:
-    """The narrowest a column may be: a name or number in full, a header wrapped at its spaces,
-    prose down to `_TEXT_MIN` or its longest word."""
-    header = max(len(w) for w in col.name.split())
+    """The narrowest a column may be: a name or number, and its header, in full (rich does not wrap
+    the header of a column it does not wrap); prose down to `_TEXT_MIN` or its longest word."""
     cells = [str(row.get(col.name, "")) for row in data]
     if col.kind == "text":
+        header = max(len(w) for w in col.name.split())
         longest_word = max((len(w) for c in cells for w in c.split()), default=0)
         return max(header, min(max((len(c) for c in cells), default=0), max(_TEXT_MIN, longest_word)))
-    return max([header, *(len(line) for c in cells for line in c.splitlines() or [""])])
+    return max([len(col.name), *(len(line) for c in cells for line in c.splitlines() or [""])])
 
 
 def fit_table(title: str, columns: Sequence[Column], cells: Iterable[rows.Cells], width: int, *, caption: str = "",
