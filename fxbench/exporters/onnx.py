@@ -9,7 +9,7 @@ import re
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,14 +230,22 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     device: str = "cpu",
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    rename: Callable[[ir.Model], dict[str, Any]] | None = None,
 ) -> Artifact:
     """Export `subject` to `folder/model.onnx`, then prove it: onnx.checker (full check, through
-    the path so external data is read) and ONNX Runtime against the checks' eager references."""
+    the path so external data is read) and ONNX Runtime against the checks' eager references.
+
+    `rename` renames the graph's inputs, outputs and axes after the export's own names are checked
+    (the with-past form takes Optimum's dotted names); the checks' inputs then carry the new names,
+    and what it returns goes into the details."""
     start = time.perf_counter()
     validate_opset(opset)
     providers = ort_providers(device)
     model = _to_onnx(subject, opset)
     shapes = _check_axes(model, subject)
+    renamed = rename(model) if rename is not None else None
+    if renamed is not None:
+        shapes = {v.name: _shape_text(v) for v in model.graph.inputs}
     path = Path(folder) / "model.onnx"
     external = save_onnx(model, path, external_data_threshold)
     try:
@@ -253,10 +261,11 @@ def export_onnx(
         file=path.name,
         device="any",
         precision=subject.precision,
-        input_names=subject.input_names,
-        output_names=subject.output_names,
+        input_names=tuple(v.name for v in model.graph.inputs),
+        output_names=tuple(v.name for v in model.graph.outputs),
         parity=parity,
         details={
+            **({"renamed": renamed} if renamed is not None else {}),
             "opset": opset,
             "ir_version": model.ir_version,
             "inputs": shapes,

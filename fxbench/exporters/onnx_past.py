@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 import torch
 
-from fxbench.environment import package_version
 from fxbench.errors import ExportError
 from fxbench.exporters.base import Artifact
-from fxbench.exporters.checks import Check, ExportSubject, verify
-from fxbench.exporters.onnx import (
-    DEFAULT_OPSET,
-    EXTERNAL_DATA_THRESHOLD,
-    OnnxRunner,
-    _check_axes,
-    _shape_text,
-    _to_onnx,
-    onnx_files,
-    ort_providers,
-    save_onnx,
-    validate_opset,
-)
+from fxbench.exporters.checks import Check, ExportSubject
+from fxbench.exporters.onnx import OnnxRunner, _shape_text, export_onnx
 from fxbench.exporters.onnx_fusions import contrib_op_counts
-from fxbench.exporters.onnx_ort import DEFAULT_LEVEL, export_onnx_ort
+from fxbench.exporters.onnx_ort import export_onnx_ort
 from fxbench.models.decoder import PAST, SEQ, TOTAL, DecoderCapture, onnx_name
 
 __all__ = [
@@ -106,82 +91,31 @@ def _check_io(model: ir.Model, captured: DecoderCapture) -> None:
             raise ExportError(f"ONNX output {value.name} has length axis {_shape_text(value)[2:3]}, not {TOTAL_AXIS}")
 
 
-def export_onnx_with_past(
-    subject: ExportSubject,
-    folder: Path,
-    checks: Sequence[Check],
-    *,
-    opset: int = DEFAULT_OPSET,
-    device: str = "cpu",
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-) -> Artifact:
-    """Export a with-past program to `folder/model.onnx` with torch.onnx (fxbench's ONNX export),
-    named as Optimum's exporter named it: inputs input_ids, attention_mask, position_ids,
-    past_key_values.{i}.key|value; outputs logits, present.{i}.key|value; axes batch, seq, past_seq
-    and `past_seq + seq` (the mask and the presents). Then onnx.checker and ONNX Runtime on every
-    check (`decoder_checks`: a prefill and a decode the capture never saw)."""
-    start = time.perf_counter()
+def export_onnx_with_past(subject: ExportSubject, folder: Path, checks: Sequence[Check], **options: Any) -> Artifact:
+    """Export a with-past program to `folder/model.onnx` (fxbench's ONNX export, `options` as
+    `export_onnx` takes them), named as Optimum's exporter named it: inputs input_ids,
+    attention_mask, position_ids, past_key_values.{i}.key|value; outputs logits,
+    present.{i}.key|value; axes batch, seq, past_seq and `past_seq + seq` (the mask and the
+    presents). Then onnx.checker and ONNX Runtime on every check (`decoder_checks`: a prefill and a
+    decode the capture never saw)."""
     captured = _decoder(subject)
-    validate_opset(opset)
-    providers = ort_providers(device)
-    model = _to_onnx(subject, opset)
-    _check_axes(model, subject)  # the capture's axis names, before the rename
-    renamed = _rename(model)
-    _check_io(model, captured)
-    path = Path(folder) / "model.onnx"
-    external = save_onnx(model, path, external_data_threshold)
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"model.onnx fails onnx.checker: {' '.join(str(exc).split())[:240]}") from exc
-    runner = OnnxRunner(path, providers)
-    parity = verify(runner, onnx_checks(checks), subject, "model.onnx (with past) in ONNX Runtime")
-    files = onnx_files(path)
-    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.all_nodes())
-    return Artifact(
-        kind="onnx",
-        file=path.name,
-        device="any",
-        precision=subject.precision,
-        input_names=tuple(v.name for v in model.graph.inputs),
-        output_names=tuple(v.name for v in model.graph.outputs),
-        parity=parity,
-        details={
-            "form": "with-past",
-            "opset": opset,
-            "ir_version": model.ir_version,
-            "inputs": {v.name: _shape_text(v) for v in model.graph.inputs},
-            "outputs": {v.name: _shape_text(v) for v in model.graph.outputs},
-            "renamed": renamed,
-            "cache": dataclasses.asdict(captured.layout) if captured.layout else None,
-            "external_data": external,
-            "files": [f.name for f in files],
-            "bytes": sum(f.stat().st_size for f in files),
-            "nodes": sum(ops.values()),
-            "op_types": dict(ops.most_common()),
-            "checked_with": {"onnx.checker": "full_check", "onnxruntime": runner.session.get_providers(), "checks": [c.name for c in checks]},
-            "exporter": f"torch.onnx dynamo (torch {torch.__version__}, onnxscript {package_version('onnxscript')})",
-        },
-        seconds=time.perf_counter() - start,
-    )
+
+    def rename(model: ir.Model) -> dict[str, Any]:
+        renamed = _rename(model)
+        _check_io(model, captured)
+        return renamed
+
+    artifact = export_onnx(subject, Path(folder), onnx_checks(checks), rename=rename, **options)
+    return dataclasses.replace(artifact, details={"form": "with-past", "cache": dataclasses.asdict(captured.layout), **artifact.details})
 
 
-def export_onnx_ort_with_past(
-    subject: ExportSubject,
-    onnx_path: Path,
-    folder: Path,
-    checks: Sequence[Check],
-    *,
-    device: str = "cpu",
-    level: str = DEFAULT_LEVEL,
-    fusions: bool = True,
-) -> Artifact:
+def export_onnx_ort_with_past(subject: ExportSubject, onnx_path: Path, folder: Path, checks: Sequence[Check], **options: Any) -> Artifact:
     """`model.ort.onnx` of a with-past model: fxbench's ONNX Runtime target (onnxscript's ORT
-    fusions, ORT's offline optimization, fusions rolled back if they break the numerics) fed under
-    the ONNX names. `details["fused_ops"]` says which attention ops fired (MultiHeadAttention,
-    GroupQueryAttention)."""
+    fusions, ORT's offline optimization, fusions rolled back if they break the numerics; `options`
+    as `export_onnx_ort` takes them) fed under the ONNX names. `details["attention"]` says which
+    attention ops fired (MultiHeadAttention, GroupQueryAttention) and how many take the past."""
     _decoder(subject)
-    artifact = export_onnx_ort(subject, Path(onnx_path), Path(folder), onnx_checks(checks), device=device, level=level, fusions=fusions)
+    artifact = export_onnx_ort(subject, Path(onnx_path), Path(folder), onnx_checks(checks), **options)
     model = ir.load(Path(folder) / artifact.file)
     details: dict[str, Any] = dict(artifact.details, form="with-past", attention=_attention_summary(model))
     return dataclasses.replace(

@@ -17,7 +17,7 @@ from fxbench.errors import CaptureError
 from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
 from fxbench.models.loading import LoadedModel
 
-__all__ = ["CapturedProgram", "FlatOutputs", "capture", "export_graph_module", "unlift", "run_module"]
+__all__ = ["CapturedProgram", "FlatOutputs", "capture", "eager_failure", "export_graph_module", "unlift", "run_module"]
 
 OutputPath = tuple[Any, ...]
 
@@ -152,6 +152,15 @@ def _model_frame(exc: BaseException) -> str | None:
     return None
 
 
+def eager_failure(exc: BaseException, what: str = "the model") -> CaptureError:
+    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line."""
+    where = _model_frame(exc)
+    return CaptureError(
+        f"{what} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    )
+
+
 def _capture_error(exc: BaseException, static: bool) -> CaptureError:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     head = lines[0][:240] if lines else type(exc).__name__
@@ -185,11 +194,7 @@ def capture(
         with torch.no_grad():
             raw = loaded.model(**inputs.tensors)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        where = _model_frame(exc)
-        raise CaptureError(
-            f"the model failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ) from exc
+        raise eager_failure(exc) from exc
     paths = _output_paths(raw)
     if not paths:
         raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")

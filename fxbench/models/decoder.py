@@ -14,7 +14,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, get_layer_types
 from transformers.configuration_utils import get_head_shapes
 
 from fxbench.errors import CaptureError
-from fxbench.models.capture import CapturedProgram, _capture_error, _model_frame, run_module
+from fxbench.models.capture import CapturedProgram, _capture_error, eager_failure, run_module
 from fxbench.models.inputs import DynamicDims, SampleInputs, _max_positions, forward_parameters
 from fxbench.models.loading import LoadedModel, load_model
 
@@ -112,15 +112,18 @@ def cache_layout(model: torch.nn.Module, config: Any) -> CacheLayout:
             f"language models: use --task text2text-generation (no cache)"
         )
     text = config.get_text_config(decoder=True)
-    kind = type(model).__name__
     recurrent = (
         f"model type {text.model_type!r} keeps recurrent layer states (state-space or linear attention), not a "
         f"key/value cache; fxbench captures attention KV caches only: use --task text-generation (no cache)"
     )
+    if getattr(model, "_is_stateful", False):  # transformers' flag for models whose state cannot be rewound
+        raise CaptureError(recurrent)
     supports_dynamic = getattr(type(model), "_supports_default_dynamic_cache", None)
-    if getattr(model, "_is_stateful", False) or (supports_dynamic is not None and not supports_dynamic()):
-        raise CaptureError(recurrent if getattr(model, "_is_stateful", False) else
-                           f"{kind} ({text.model_type!r}) uses its own cache class, not a DynamicCache; use --task text-generation (no cache)")
+    if supports_dynamic is not None and not supports_dynamic():
+        raise CaptureError(
+            f"{type(model).__name__} ({text.model_type!r}) keeps its own cache class, not a DynamicCache; "
+            f"use --task text-generation (no cache)"
+        )
     try:
         layer_types, _ = get_layer_types_and_kwargs(text)
     except (AttributeError, TypeError, ValueError) as exc:
@@ -283,7 +286,7 @@ class DecoderCapture(CapturedProgram):
     """A with-past capture: a CapturedProgram whose inputs include the past and outputs the present,
     so that passes, checks and exporters written for CapturedProgram take it as it is."""
 
-    layout: CacheLayout | None = None
+    layout: CacheLayout
     decoder_dims: DecoderDims = DecoderDims()
 
     @property
@@ -360,11 +363,7 @@ def capture_with_past(
     try:
         reference = run_module(wrapper, tensors)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        where = _model_frame(exc)
-        raise CaptureError(
-            f"{layout.model_type} with a cache failed in eager PyTorch{' at ' + where if where else ''}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ) from exc
+        raise eager_failure(exc, f"{layout.model_type} with a cache") from exc
     shapes = _dynamic_shapes(wrapper, dims, limit)
     start = time.perf_counter()
     try:
