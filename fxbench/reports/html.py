@@ -45,27 +45,39 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
 
 
+# Plots with one row per backend: labels in the left margin, values along x, 760 px wide.
+_ROW_LEFT, _ROW_RIGHT, _ROW_WIDTH = 230, 70, 760
+
+
+def _row_axes(plot: str, title: str, unit: str, shape: str, hi: float, n_rows: int, row_h: int, top: int) -> tuple[list[str], float, float]:
+    """The opening of a one-row-per-backend plot: the <svg> element, its title, vertical grid lines
+    at round ticks up to `hi` with their labels and the unit below; (its lines, pixels per unit,
+    the x axis' y)."""
+    plot_w = _ROW_WIDTH - _ROW_LEFT - _ROW_RIGHT
+    height = top + row_h * n_rows + 36
+    ticks = _nice_ticks(hi)
+    scale = plot_w / ticks[-1]
+    out = [f'<svg class="plot" data-plot="{_e(plot)}" data-shape="{_e(shape)}" xmlns="http://www.w3.org/2000/svg" '
+           f'width="{_ROW_WIDTH}" height="{height}" viewBox="0 0 {_ROW_WIDTH} {height}" role="img" aria-label="{_e(title)}" style="{_FONT}">',
+           f'<text x="{_ROW_LEFT}" y="18" font-weight="600">{_e(title)}</text>']
+    axis_y = top + row_h * n_rows
+    for t in ticks:
+        x = _ROW_LEFT + t * scale
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">{_fmt(t)}</text>')
+    out.append(f'<text x="{_ROW_LEFT + plot_w / 2:.1f}" y="{axis_y + 30}" text-anchor="middle" fill="#555">{_e(unit)}</text>')
+    return out, scale, axis_y
+
+
 def bar_chart(plot: str, title: str, rows_: Sequence[tuple[str, float, float | None, str]], unit: str, *,
               reference: float | None = None, reference_label: str = "", shape: str = "") -> str:
     """Horizontal bars, one per (label, value, whisker end or None, color); an optional vertical
     reference line (speedup 1.0 = eager). Bars carry data-* attributes and <title> tooltips."""
-    left, right, row_h = 230, 70, 24
+    row_h = 24
     top = 50 if reference is not None else 34  # room for the reference line's label under the title
-    width = 760
-    plot_w = width - left - right
-    height = top + row_h * len(rows_) + 36
     hi = max([v for _, v, _, _ in rows_] + [w for _, _, w, _ in rows_ if w is not None] + [reference or 0] + [1e-12])
-    ticks = _nice_ticks(hi)
-    scale = plot_w / ticks[-1]
-    out = [f'<svg class="plot" data-plot="{_e(plot)}" data-shape="{_e(shape)}" xmlns="http://www.w3.org/2000/svg" '
-           f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" style="{_FONT}">',
-           f'<text x="{left}" y="18" font-weight="600">{_e(title)}</text>']
-    axis_y = top + row_h * len(rows_)
-    for t in ticks:
-        x = left + t * scale
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">{_fmt(t)}</text>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 30}" text-anchor="middle" fill="#555">{_e(unit)}</text>')
+    out, scale, axis_y = _row_axes(plot, title, unit, shape, hi, len(rows_), row_h, top)
+    left = _ROW_LEFT
     for i, (label, value, whisker, color) in enumerate(rows_):
         y = top + i * row_h
         w = max(value * scale, 1.0)
@@ -125,22 +137,9 @@ def box_plot(plot: str, title: str, rows_: Sequence[tuple[str, Box, str]], unit:
     """Horizontal box plots, one per (label, box, color): whiskers, the box from q1 to q3, a dark
     band for the median's 95% interval (two bands that do not overlap: a difference beyond the
     noise), the median as a line, and the runs beyond the whiskers as dots."""
-    left, right, row_h, top = 230, 70, 28, 34
-    width = 760
-    plot_w = width - left - right
-    height = top + row_h * len(rows_) + 36
+    row_h, top, left = 28, 34, _ROW_LEFT
     hi = max([b.high for _, b, _ in rows_] + [max(b.outliers) if b.outliers else 0 for _, b, _ in rows_] + [1e-12])
-    ticks = _nice_ticks(hi)
-    scale = plot_w / ticks[-1]
-    out = [f'<svg class="plot" data-plot="{_e(plot)}" data-shape="{_e(shape)}" xmlns="http://www.w3.org/2000/svg" '
-           f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" style="{_FONT}">',
-           f'<text x="{left}" y="18" font-weight="600">{_e(title)}</text>']
-    axis_y = top + row_h * len(rows_)
-    for t in ticks:
-        x = left + t * scale
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{x:.1f}" y="{axis_y + 14}" text-anchor="middle" fill="#555">{_fmt(t)}</text>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 30}" text-anchor="middle" fill="#555">{_e(unit)}</text>')
+    out, scale, _ = _row_axes(plot, title, unit, shape, hi, len(rows_), row_h, top)
     for i, (label, b, color) in enumerate(rows_):
         y, cy = top + i * row_h, top + i * row_h + row_h / 2
         X = lambda v: left + v * scale  # noqa: E731

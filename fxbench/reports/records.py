@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch.fx import GraphModule
 
@@ -186,8 +186,30 @@ def _nested_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in bench.items() if k not in ("environment", "fxbench_version")}
 
 
+class _FolderReport(_Record):
+    """What an output folder's report.json holds: the schema's header (its version and kind, then
+    the model and inputs), the artifacts, and report.md / report.html beside it."""
+
+    kind: ClassVar[str]
+    header: ReportHeader
+    artifacts: tuple[Artifact, ...]
+
+    @property
+    def model(self) -> ModelRecord:
+        return self.header.model
+
+    def files(self) -> list[str]:
+        """The files the output folder holds."""
+        return [a.file for a in self.artifacts] + ["report.json", "report.md", "report.html"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        # The header's keys open the report, after what it is and which schema it follows.
+        return {"schema_version": SCHEMA_VERSION, "kind": self.kind, **data.pop("header"), **data}
+
+
 @dataclass(frozen=True)
-class OptimizeReport(_Record):
+class OptimizeReport(_FolderReport):
     """Everything `fxbench optimize` found, in the order report.json lists it."""
 
     header: ReportHeader
@@ -205,18 +227,10 @@ class OptimizeReport(_Record):
     seconds: Mapping[str, float]
     search: tuple[SearchCandidate, ...] | None = None  # with --search only
 
-    @property
-    def model(self) -> ModelRecord:
-        return self.header.model
-
-    def files(self) -> list[str]:
-        """The files the output folder holds."""
-        return [a.file for a in self.artifacts] + ["report.json", "report.md", "report.html"]
+    kind: ClassVar[str] = "optimize"
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        # The header's keys open the report, after what it is and which schema it follows.
-        data = {"schema_version": SCHEMA_VERSION, "kind": "optimize", **data.pop("header"), **data}
         if data["benchmark"] is not None:
             data["benchmark"] = _nested_benchmark(data["benchmark"])
         if self.search is None:
@@ -251,7 +265,7 @@ class OptimizeReport(_Record):
 
 
 @dataclass(frozen=True)
-class ExportReport(_Record):
+class ExportReport(_FolderReport):
     """What `fxbench export` of a model (or of a model.pt2 into a new folder) found."""
 
     header: ReportHeader
@@ -261,16 +275,7 @@ class ExportReport(_Record):
     environment: Mapping[str, Any]
     seconds: Mapping[str, float]
 
-    @property
-    def model(self) -> ModelRecord:
-        return self.header.model
-
-    def files(self) -> list[str]:
-        return [a.file for a in self.artifacts] + ["report.json", "report.md", "report.html"]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        return {"schema_version": SCHEMA_VERSION, "kind": "export", **data.pop("header"), **data}
+    kind: ClassVar[str] = "export"
 
 
 @dataclass(frozen=True)
