@@ -55,6 +55,7 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
              _preset(*_MERGED, "quantize-int8-static:activation_dtype=int8"), device="cuda"),
     Pipeline("fp8", "O2 + q/k/v merged + float8 e4m3 weights and activations, for Hopper-class GPUs",
              _preset(*_MERGED, "quantize-fp8"), device="cuda"),
+    Pipeline("none", "no passes: exactly those that --passes adds, in the order given", ()),
 )}
 
 DEFAULT_PIPELINE = "O2"
