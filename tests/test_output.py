@@ -190,13 +190,15 @@ def test_progress_display_keeps_numbers_whole():
     progress.stop()
     shown = live.export_text()
     assert "12/15" in shown and "0:00:00" in shown
-    # A pipe gets the finished lines alone, fitted to the width, the detail wrapped at its spaces.
+    # A pipe (a log, CI) gets the finished lines alone, fitted to the width, the detail wrapped at
+    # its spaces, each with its place k/N before the detail.
     piped = Console(width=80, record=True)
     progress = Progress(piped)
     progress(step, "start", "12/15")
     progress(step, "done", detail)
     text = piped.export_text()
     assert text.startswith("✓ " + step) and max(len(line) for line in text.splitlines()) <= 80
+    assert f"{step} 12/15 median 1234.567" in " ".join(text.split())
     for number in ("1234.567", "2345.678", "0.999876"):
         assert number in text
     set_verbosity(-1)

@@ -44,14 +44,15 @@ _PASS_STYLE = {"applied": "green", "unchanged": "dim", "rolled-back": "yellow", 
 
 class Progress:
     """What a job is doing, on `console` (stderr): a live display of the steps running (spinner,
-    step, its place "k/N", elapsed time), and a line for each step that ends (mark, step, detail,
-    seconds). The live display shows only on a terminal; piped output gets the lines alone.
-    Quiet (verbosity -1): nothing."""
+    step, its place "k/N", elapsed time), and a line for each step that ends (mark, step, its
+    place, detail, seconds). The live display shows only on a terminal; piped output (a log, CI)
+    gets the lines alone, which keep the place. Quiet (verbosity -1): nothing."""
 
     def __init__(self, console: Console, enabled: bool = True):
         self.console = console
         self.enabled = enabled and verbosity() >= 0
         self.started: dict[str, float] = {}
+        self.places: dict[str, str] = {}  # step -> "k/N", as its start said
         self._live: RichProgress | None = None
         self._tasks: dict[str, TaskID] = {}
 
@@ -69,6 +70,7 @@ class Progress:
             return
         if status == "start":
             self.started[step] = time.perf_counter()
+            self.places[step] = detail
             live = self._display()
             if live is not None:
                 self._tasks[step] = live.add_task(step, total=None, place=detail)
@@ -86,7 +88,7 @@ class Progress:
         if status == "fail":
             detail = ""  # the error line that follows says why
         mark = {"done": "[green]✓[/]", "skip": "[yellow]-[/]"}.get(status, "[red]✗[/]")
-        self.console.print(step_line(mark, step, detail, seconds, self.console.width))
+        self.console.print(step_line(mark, step, detail, seconds, self.console.width, place=self.places.pop(step, "")))
 
     def stop(self) -> None:
         if self._live is not None:
@@ -95,15 +97,19 @@ class Progress:
             self._tasks.clear()
 
 
-def step_line(mark: str, step: str, detail: str, seconds: float, width: int) -> Table:
+def step_line(mark: str, step: str, detail: str, seconds: float, width: int, *, place: str = "") -> Table:
     """One finished step: the detail wraps in its own column at word boundaries (a number is never
-    split), the step name keeps up to 46% of the width, the seconds stay at the right."""
+    split) after the step's place ("3/5"), the step name keeps up to 46% of the width, the seconds
+    stay at the right."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
-    grid.add_column(min_width=min(24, width // 3), max_width=max(12, int(width * 0.46)), overflow="fold")
+    widest = max(12, int(width * 0.46))
+    # The name whole up to that width: rich would otherwise shrink it before the wrapping detail.
+    grid.add_column(min_width=max(min(24, width // 3), min(len(step), widest)), max_width=widest, overflow="fold")
     grid.add_column(ratio=1, overflow="fold")
     grid.add_column(justify="right", no_wrap=True)
-    grid.add_row(mark, Text(step), Text(detail), f"[dim]{seconds:.1f}s[/]")
+    said = Text(f"{place} ", style="dim") + Text(detail) if place else Text(detail)
+    grid.add_row(mark, Text(step), said, f"[dim]{seconds:.1f}s[/]")
     return grid
 
 
