@@ -177,6 +177,11 @@ _TARGETS_OR_NONE = _Names("export target", _targets, many=True, extra=("none",))
 
 # ----- the table of options, by concept
 
+def _flag(*decls: str, **kwargs: Any) -> Any:
+    """An option that takes no value (a switch, or -v counted): the help shows no type beside it."""
+    return typer.Option(*decls, metavar="", **kwargs)
+
+
 # model
 ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench\\[demo]).")]
 TaskOpt = Annotated[Optional[str], _Names("task", _tasks).option("--task", metavar="TASK", rich_help_panel="Model",
@@ -187,7 +192,7 @@ RevisionOpt = Annotated[Optional[str], typer.Option("--revision", rich_help_pane
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", rich_help_panel="Model", help="Folder for the Hub's downloads (default: HF's cache).")]
 TokenOpt = Annotated[Optional[str], typer.Option("--token", envvar="HF_TOKEN", show_envvar=True, rich_help_panel="Model",
                                                  help="Hub access token for gated or private models (never written to a report).")]
-RemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", rich_help_panel="Model",
+RemoteCodeOpt = Annotated[bool, _flag("--trust-remote-code", rich_help_panel="Model",
                                              help="Let the repository's own modeling code run.")]
 # capture
 SampleBatchOpt = Annotated[int, typer.Option("--sample-batch", rich_help_panel="Capture", help="Batch of the sample the model is captured and checked on.")]
@@ -212,10 +217,10 @@ WarmupOpt = Annotated[int, typer.Option("--warmup", rich_help_panel="Timing", he
 WarmupTimeOpt = Annotated[float, typer.Option("--warmup-time", rich_help_panel="Timing", help="Warm-up seconds after the first call, at least.")]
 # output
 OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output", help="Output folder (default: fxbench-out/<model>).")]
-ForceOpt = Annotated[bool, typer.Option("--force", rich_help_panel="Output", help="Replace a non-empty output folder (export: existing artifacts).")]
-JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output", help="Print machine-readable JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", rich_help_panel="Output", help="No progress or step lines: results and errors only.")]
-VerboseOpt = Annotated[int, typer.Option("-v", "--verbose", count=True, rich_help_panel="Output",
+ForceOpt = Annotated[bool, _flag("--force", rich_help_panel="Output", help="Replace a non-empty output folder (export: existing artifacts).")]
+JsonOpt = Annotated[bool, _flag("--json", rich_help_panel="Output", help="Print machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, _flag("-q", "--quiet", rich_help_panel="Output", help="No progress or step lines: results and errors only.")]
+VerboseOpt = Annotated[int, _flag("-v", "--verbose", count=True, show_default=False, rich_help_panel="Output",
                                          help="Say more: library warnings, and tracebacks of fxbench's own errors (-vv: debug).")]
 
 
@@ -322,7 +327,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print fxbench's version and exit.")] = False,
+    version: Annotated[bool, _flag("--version", callback=_version, is_eager=True, help="Print fxbench's version and exit.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -348,24 +353,24 @@ def optimize(
     trust_remote_code: RemoteCodeOpt = False,
     pipeline: Annotated[Optional[str], _Names("pipeline", PIPELINE_NAMES).option("--pipeline", metavar="NAME", rich_help_panel="Passes",
                                                     help="Named pipeline: " + ", ".join(PIPELINE_NAMES) + " (see `fxbench passes list`); default O2; none: only the --passes given.")] = None,
-    passes: Annotated[Optional[list[str]], typer.Option("--passes", "--pass", rich_help_panel="Passes",
+    passes: Annotated[Optional[list[str]], typer.Option("--passes", "--pass", metavar="SPEC", rich_help_panel="Passes",
                                                         help="NAME[:opt=v,...] adds a pass to the pipeline (or re-options one in it), -NAME removes one; repeatable; ';' separates several.")] = None,
     dtype: Annotated[str, _Names("dtype", DTYPE_NAMES).option("--dtype", rich_help_panel="Passes",
                                        help="Precision of the program and its artifacts: fp16/bf16 add to-fp16/to-bf16 to the pipeline (eager fp32 stays the reference).")] = "fp32",
-    strict: Annotated[bool, typer.Option("--strict", rich_help_panel="Passes", help="A pass that breaks the tolerance is an error, not a rollback.")] = False,
-    search: Annotated[bool, typer.Option("--search", rich_help_panel="Passes", help="Try the presets that fit --device; keep the best within the budget.")] = False,
+    strict: Annotated[bool, _flag("--strict", rich_help_panel="Passes", help="A pass that breaks the tolerance is an error, not a rollback.")] = False,
+    search: Annotated[bool, _flag("--search", rich_help_panel="Passes", help="Try the presets that fit --device; keep the best within the budget.")] = False,
     sample_batch: SampleBatchOpt = 2,
     sample_seq: SampleSeqOpt = 16,
     batch_range: Annotated[str, typer.Option("--batch-range", rich_help_panel="Capture", help="Dynamic batch range MIN:MAX.")] = "1:64",
     seq_range: Annotated[str, typer.Option("--seq-range", rich_help_panel="Capture", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
-    static: Annotated[bool, typer.Option("--static", rich_help_panel="Capture", help="Capture with static shapes.")] = False,
+    static: Annotated[bool, _flag("--static", rich_help_panel="Capture", help="Capture with static shapes.")] = False,
     to: Annotated[Optional[str], _TARGETS_OR_NONE.option("--to", metavar="TARGETS", rich_help_panel="Artifacts",
                                               help="Artifacts to make, comma-separated (see `fxbench targets list`); none: model.pt2 only. Default: those that fit --device.")] = None,
     device: DeviceOpt = "auto",
     opset: OpsetOpt = None,
     shapes: ShapesOpt = None,
     trt_precision: TrtPrecisionOpt = None,
-    bench: Annotated[bool, typer.Option("--bench/--no-bench", rich_help_panel="Benchmark", help="Time every artifact against eager PyTorch and name the best.")] = True,
+    bench: Annotated[bool, _flag("--bench/--no-bench", rich_help_panel="Benchmark", help="Time every artifact against eager PyTorch and name the best.")] = True,
     batch: BatchOpt = "1",
     seq: SeqOpt = "128",
     threads: ThreadsOpt = None,
@@ -450,7 +455,7 @@ def export(
 @app.command()
 def bench(
     model: Annotated[Optional[str], typer.Argument(help="Hub model id, model folder, or fxbench output folder (benches its artifacts); omitted: the demo model.")] = None,
-    backends: Annotated[Optional[list[str]], typer.Option("--backends", "--backend", rich_help_panel="Benchmark",
+    backends: Annotated[Optional[list[str]], typer.Option("--backends", "--backend", metavar="NAMES", rich_help_panel="Benchmark",
                                                           help="Comma-separated backend names, NAME@FILE for an artifact (see `fxbench backends list`). Default: eager, program, compile (a model) or eager plus every artifact (a folder).")] = None,
     batch: BatchOpt = "1",
     seq: SeqOpt = "128",
@@ -505,7 +510,7 @@ def bench(
 def compare(
     runs: Annotated[list[str], typer.Argument(help="Two or more report.json files or output folders (optimize or bench).")],
     json_out: JsonOpt = False,
-    markdown: Annotated[bool, typer.Option("--markdown", rich_help_panel="Output", help="Print the comparison as markdown, to paste into a review.")] = False,
+    markdown: Annotated[bool, _flag("--markdown", rich_help_panel="Output", help="Print the comparison as markdown, to paste into a review.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -583,7 +588,7 @@ def targets_list(json_out: JsonOpt = False) -> None:
 def inspect(
     model: ModelArg = None,
     task: TaskOpt = None,
-    graph: Annotated[bool, typer.Option("--graph", help="Print the FX graph.")] = False,
+    graph: Annotated[bool, _flag("--graph", help="Print the FX graph.")] = False,
     depth: Annotated[int, typer.Option("--depth", help="Module path depth for node counts.")] = 3,
     top: Annotated[int, typer.Option("--top", help="How many ops of the histogram to show.")] = 20,
     json_out: JsonOpt = False,
