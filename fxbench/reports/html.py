@@ -319,7 +319,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px;color
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}h3{font-size:14px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0;max-width:100%}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-th{background:#f5f5f5;white-space:normal}td.l,th.l{text-align:left}td.t{text-align:left;white-space:normal;min-width:6em}
+th{background:#f5f5f5;white-space:normal}td.l,th.l{text-align:left}td.l{white-space:normal;overflow-wrap:anywhere}td.t{text-align:left;white-space:normal;min-width:6em}
 tr.skipped td{color:#8a6d00}tr.failed td{color:#b00020}td.bad{color:#b00020;font-weight:600}
 .plots{display:flex;flex-wrap:wrap;gap:16px}.plots svg{border:1px solid #eee;background:#fff}
 ul{font-size:13px;padding-left:20px}li{overflow-wrap:anywhere}code{background:#f5f5f5;padding:1px 4px}
