@@ -88,7 +88,8 @@ def load_and_capture(
         d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
     with step(events, "capture", timings) as d:
         captured = capture(loaded, batch=batch, seq=seq, dims=dims)
-        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}"
+        axes = captured.describe_axes()
+        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}" + (f"; {axes}" if axes else "")
     return captured
 
 

@@ -55,6 +55,7 @@ class OptimizeRequest:
     export: ExportOptions | None = None  # export options; their `device` is the device artifacts are made and timed for
     bench: bool = True  # time every artifact against eager PyTorch and name the best
     bench_shapes: tuple[tuple[int, int | None], ...] = ((1, 128),)  # (batch, seq); seq is capped at the model's positions
+    bench_images: tuple[tuple[int, int], ...] = ()  # (height, width) to time vision models at; (): the capture's size
     warmup: Warmup = Warmup()
     measure: Measure = Measure(seconds=2.0)
     threads: int | None = None
@@ -98,13 +99,14 @@ def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[S
         for dim in spec.values():
             if dim.__name__ in ("seq", "decoder_seq"):
                 limit = dim.max if limit is None else min(limit, dim.max)
+    images = list(request.bench_images) if captured.inputs.image is not None else []
     shapes = []
     for batch, seq in request.bench_shapes:
         if not has_seq:
             seq = None
         elif seq is not None and limit is not None:
             seq = min(seq, limit)
-        shapes.append(Shape(batch, seq))
+        shapes.extend(Shape(batch, seq, image) for image in images or [None])
     return list(dict.fromkeys(shapes))
 
 
@@ -132,16 +134,33 @@ def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Pat
         program = export_graph_module(result.module, captured)
         path = save_program(program, folder / PROGRAM_FILE)
         reloaded = load_program(path).module()
-        parity: Parity = compare(run_module(reloaded, captured.inputs.tensors), result.reference, result.output_names)
-        if not result.tolerance.accepts(parity):
-            raise VerificationError(f"model.pt2 does not reproduce the optimized program: {result.tolerance.explain(parity)}")
-        d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {parity.brief()}"
+        parities = _program_parities(reloaded, captured, result)
+        parity: Parity = parities["sample"]
+        for name, p in parities.items():
+            if not result.tolerance.accepts(p):
+                raise VerificationError(f"model.pt2 does not reproduce the optimized program on the {name} inputs: {result.tolerance.explain(p)}")
+        d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {parity.brief()}" + (
+            f"; {', '.join(n for n in parities if n != 'sample')}: ok" if len(parities) > 1 else "")
     artifact = Artifact(
         kind="program", file=path.name, device="any", precision=result.precision,
         input_names=captured.input_names, output_names=result.output_names,
-        parity={"sample": parity.to_dict()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
+        parity={n: p.to_dict() for n, p in parities.items()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
     )
     return program, artifact
+
+
+def _program_parities(reloaded: Any, captured: CapturedProgram, result: PipelineResult) -> dict[str, Parity]:
+    """The saved program against the optimized one on the sample and, for a dynamic capture, on
+    inputs of an unseen shape (another batch, and an image size or audio length never seen)."""
+    parities = {"sample": compare(run_module(reloaded, captured.inputs.tensors), result.reference, result.output_names)}
+    if captured.dynamic_shapes:
+        sizes = captured.unseen_sizes()
+        batch = 3 if captured.dims.batch[0] <= 3 <= captured.dims.batch[1] else captured.inputs.batch
+        more = captured.make_inputs(batch, None, seed=1, **sizes).tensors
+        name = f"batch{batch}" + ("_{}x{}".format(*sizes["image"]) if "image" in sizes else "") + (
+            f"_len{sizes['audio']}" if "audio" in sizes else "")
+        parities[name] = compare(run_module(reloaded, more), run_module(result.module, more), result.output_names)
+    return parities
 
 
 def _export_targets(program: Any, captured: CapturedProgram, result: PipelineResult, targets: tuple[str, ...],
@@ -293,7 +312,8 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
     assert result is not None
     return OptimizeReport(
         header=report_header(captured, started),
-        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes)),
+        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes), axes=captured.describe_axes(),
+                              static_axes=dict(captured.static_axes)),
         device=device,
         pipeline=PipelineRecord(winner.pipeline, tuple(request.passes), tuple(winner.passes)),
         passes=tuple(result.records),

@@ -75,6 +75,12 @@ _MULTIPLES = {
 }
 
 
+def _has_position_table(model: torch.nn.Module) -> bool:
+    """Whether the model holds an absolute position table (ViT's position_embeddings, CLIP's
+    position_embedding); a Swin without absolute embeddings has only relative bias tables."""
+    return any("position_embedding" in name or "pos_embed" in name for name, _ in model.named_parameters())
+
+
 def _fixed_reason(loaded: LoadedModel) -> str | None:
     """Why a model takes one image size only, known from its config and forward without a capture."""
     model, config = loaded.model, loaded.config
@@ -82,7 +88,7 @@ def _fixed_reason(loaded: LoadedModel) -> str | None:
     name = type(model).__name__
     if loaded.task == "image-text-to-text":
         return f"{name} turns each image into a fixed number of placeholder tokens in input_ids, set by the {h}x{w} image size"
-    if "interpolate_pos_encoding" in forward_parameters(model):
+    if "interpolate_pos_encoding" in forward_parameters(model) and _has_position_table(model):
         return f"{name} keeps its {h}x{w} position table (interpolate_pos_encoding is off, as in eager use)"
     if config.model_type == "dpt" and not getattr(config, "is_hybrid", False) and getattr(config, "backbone_config", None) is None:
         return f"{name} reshapes its tokens to a square grid of sqrt(tokens) (modeling_dpt.py), which fixes the image size"

@@ -173,6 +173,20 @@ class CapturedProgram:
         parts += [f"{kind} static: {reason}" for kind, reason in self.static_axes.items() if reason != "--static"]
         return "; ".join(parts)
 
+    def unseen_sizes(self) -> dict[str, Any]:
+        """Sizes of the dynamic image and time axes the capture never saw, inside the ranges the
+        program accepts, as `make_inputs` keywords: a non-square image (on the model's multiple),
+        another audio length. Empty when those axes are static or absent."""
+        out: dict[str, Any] = {}
+        height, width = self.axis_range(HEIGHT), self.axis_range(WIDTH)
+        if height is not None and width is not None and self.inputs.image is not None:
+            lo, hi = max(height.min, width.min), min(height.max, width.max)
+            out["image"] = _axes.probe_image_size(self.inputs.image, max(height.multiple, width.multiple), lo, hi)
+        length = self.axis_range(_axes.SAMPLES) or self.axis_range(_axes.FRAMES)
+        if length is not None and self.inputs.audio is not None:
+            out["audio"] = _axes.unseen_length(self.inputs.audio, length.min, length.max)
+        return out
+
     def run_eager(self, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return run_module(self.eager, tensors)
 
