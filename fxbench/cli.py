@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from fxbench.errors import FxbenchError
+from fxbench.task_names import task_help
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -62,7 +63,7 @@ def _range(text: str, what: str) -> tuple[int, int]:
 
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench[demo]).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task head to load (default: from the config's architectures).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help=task_help())]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset for ONNX targets (18-23; default 18).")]
 ShapesOpt = Annotated[Optional[str], typer.Option("--shapes", help="TensorRT profile NAME:MIN,OPT,MAX per input, e.g. input_ids:1x16,8x128,32x512 (';' between inputs).")]

@@ -17,7 +17,7 @@ from torch.fx import GraphModule
 from fxbench.errors import CaptureError
 from fxbench.models import axes as _axes
 from fxbench.models.axes import HEIGHT, WIDTH, AxisPlan, AxisRecord
-from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_axis, dynamic_shapes_for, make_inputs
+from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_axis, dynamic_shapes_for, image_token_count, make_inputs
 from fxbench.models.loading import LoadedModel
 from fxbench.models.shims import capture_shims
 
@@ -345,6 +345,9 @@ def capture(
     for _attempt in range(3):
         image, audio = plans["image"], plans["audio"]
         size = _axes.image_sample_size(loaded, image)
+        if loaded.task == "image-text-to-text" and size is not None:
+            # The sample text must hold one image's placeholder tokens, and some text after them.
+            seq = max(seq, image_token_count(loaded, size) + 8)
         inputs = make_inputs(loaded, batch, seq, image=size, use_preprocessor=use_preprocessor)
         image_dynamic = image is not None and image.dynamic and not dims.static
         audio_dynamic = audio is not None and audio.dynamic and not dims.static

@@ -9,7 +9,7 @@ from transformers.models.auto import modeling_auto
 
 from fxbench.errors import ModelLoadError
 
-__all__ = ["TASKS", "TASK_SYNONYMS", "TaskInfo", "auto_class_for", "canonical_task", "infer_task", "task_help"]
+__all__ = ["TASKS", "TASK_SYNONYMS", "TaskInfo", "auto_class_for", "canonical_task", "infer_task", "loadable_tasks"]
 
 
 @dataclass(frozen=True)
@@ -147,11 +147,6 @@ def canonical_task(name: str) -> str:
     if key.endswith("-with-past"):
         hint = f" (fxbench captures without a KV cache: use --task {key.removesuffix('-with-past')})"
     raise ModelLoadError(f"unknown task {name!r}{hint}; choose one of: {', '.join(TASKS)} (or an Optimum name: {', '.join(TASK_SYNONYMS)})")
-
-
-def task_help() -> str:
-    """The tasks and synonyms, for the CLI's --task help."""
-    return f"Task head to load (default: the config's architecture). Tasks: {', '.join(TASKS)}; Optimum's names are accepted too."
 
 
 def _head_family(architecture: str) -> str | None:
