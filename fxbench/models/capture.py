@@ -27,15 +27,18 @@ OutputPath = tuple[Any, ...]
 
 
 def _output_paths(out: Any, prefix: OutputPath = ()) -> list[OutputPath]:
-    """Paths to every tensor in a model output (ModelOutput, dict, tuple), in the output's own order.
+    """Paths to every tensor in a model output (ModelOutput, dict, tuple), in the output's own order;
+    not into lists (see below).
     A top-level `loss` is left out: no labels are passed, and a head that computes one from its
     inputs anyway (a forecaster's teacher-forced likelihood) is not what is deployed."""
     if isinstance(out, torch.Tensor):
         return [prefix]
     if isinstance(out, Mapping):
         return [p for k, v in out.items() if v is not None and (prefix or k != "loss") for p in _output_paths(v, prefix + (k,))]
-    if isinstance(out, (tuple, list)):
+    if isinstance(out, tuple):
         return [p for i, v in enumerate(out) for p in _output_paths(v, prefix + (i,))]
+    # A list in a model output is one entry per image (a VLM's per-image features): its length is
+    # the batch, which a program with a dynamic batch cannot have as a fixed number of outputs.
     return []
 
 

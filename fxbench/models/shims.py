@@ -42,13 +42,34 @@ def _mobilevit_unfolding(self: Any, features: torch.Tensor) -> tuple[torch.Tenso
     return patches, info_dict
 
 
+def _llava_list(value: Any) -> list:
+    """`list` as modeling_llava's get_image_features sees it: `list(image_features)` splits the
+    (images, tokens, dim) features into one tensor per image, which the forward concatenates again
+    at once (`torch.cat(..., dim=0)`). Iterating over a tensor's first axis fixes the batch at
+    capture; one tensor of all images' tokens is the same concatenation and keeps it symbolic."""
+    if isinstance(value, torch.Tensor) and value.dim() == 3:
+        return [value.reshape(-1, value.shape[-1])]
+    return list(value)
+
+
+_ABSENT = object()
+
+
 def _shims_for(model_type: str) -> list[tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for `model_type`."""
     if model_type == "mobilevit":
         from transformers.models.mobilevit import modeling_mobilevit
 
         return [(modeling_mobilevit.MobileViTLayer, "unfolding", _mobilevit_unfolding)]
+    if model_type == "llava":
+        from transformers.models.llava import modeling_llava
+
+        return [(modeling_llava, "list", _llava_list)]
     return []
+
+
+def _name(owner: Any, attr: str) -> str:
+    return f"{getattr(owner, '__name__', type(owner).__name__)}.{attr}"
 
 
 @contextlib.contextmanager
@@ -56,11 +77,14 @@ def capture_shims(model_type: str) -> Iterator[list[str]]:
     """Install the shims of `model_type` for the block (a capture), and take them out after; yields
     their names. Eager PyTorch, the reference every artifact is checked against, runs without them."""
     shims = _shims_for(model_type)
-    saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in shims]
+    saved = [(owner, attr, vars(owner).get(attr, _ABSENT)) for owner, attr, _ in shims]
     try:
         for owner, attr, new in shims:
             setattr(owner, attr, new)
-        yield [f"{owner.__name__}.{attr}" for owner, attr, _ in shims]
+        yield [_name(owner, attr) for owner, attr, _ in shims]
     finally:
         for owner, attr, old in saved:
-            setattr(owner, attr, old)
+            if old is _ABSENT:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, old)
