@@ -16,7 +16,7 @@ from fxbench.exporters.base import Artifact
 from fxbench.models import CapturedProgram, run_module
 from fxbench.numerics import Parity, Tolerance, compare
 
-__all__ = ["Check", "ExportSubject", "build_checks", "second_shape", "verify"]
+__all__ = ["Check", "ExportSubject", "build_checks", "second_inputs", "second_shape", "verify"]
 
 Runner = Callable[[Mapping[str, torch.Tensor]], Sequence[Any]]
 
@@ -110,12 +110,21 @@ def build_checks(subject: ExportSubject, batch: int = 3, seq: int = 40) -> tuple
     sample = dict(captured.inputs.tensors)
     sample_ref = captured.reference if not subject.rebased else subject.reference(sample)
     checks = [Check("sample", sample, tuple(sample_ref))]
-    shape = second_shape(captured, batch, seq)
-    if shape is not None:
-        sizes = captured.unseen_sizes()
-        inputs = dict(captured.make_inputs(shape[0], shape[1], seed=1, **sizes).tensors)
-        checks.append(Check(_check_name(captured, *shape, sizes), inputs, subject.reference(inputs)))
+    second = second_inputs(captured, batch, seq)
+    if second is not None:
+        name, inputs = second
+        checks.append(Check(name, inputs, subject.reference(inputs)))
     return tuple(checks)
+
+
+def second_inputs(captured: CapturedProgram, batch: int = 3, seq: int = 40) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """The check's name and inputs at the second shape (`second_shape`, plus a non-square image
+    size and an audio length the capture never saw where those axes are dynamic); None when static."""
+    shape = second_shape(captured, batch, seq)
+    if shape is None:
+        return None
+    sizes = captured.unseen_sizes()
+    return _check_name(captured, *shape, sizes), dict(captured.make_inputs(shape[0], shape[1], seed=1, **sizes).tensors)
 
 
 def verify(run: Runner, checks: Sequence[Check], subject: ExportSubject, what: str,

@@ -152,13 +152,12 @@ def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Pat
 def _program_parities(reloaded: Any, captured: CapturedProgram, result: PipelineResult) -> dict[str, Parity]:
     """The saved program against the optimized one on the sample and, for a dynamic capture, on
     inputs of an unseen shape (another batch, and an image size or audio length never seen)."""
+    from fxbench.exporters.checks import second_inputs
+
     parities = {"sample": compare(run_module(reloaded, captured.inputs.tensors), result.reference, result.output_names)}
-    if captured.dynamic_shapes:
-        sizes = captured.unseen_sizes()
-        batch = 3 if captured.dims.batch[0] <= 3 <= captured.dims.batch[1] else captured.inputs.batch
-        more = captured.make_inputs(batch, None, seed=1, **sizes).tensors
-        name = f"batch{batch}" + ("_{}x{}".format(*sizes["image"]) if "image" in sizes else "") + (
-            f"_len{sizes['audio']}" if "audio" in sizes else "")
+    second = second_inputs(captured)
+    if second is not None:
+        name, more = second
         parities[name] = compare(run_module(reloaded, more), run_module(result.module, more), result.output_names)
     return parities
 

@@ -106,11 +106,28 @@ def _with_signature(wrapper: FlatOutputs) -> FlatOutputs:
 
 def unlift(exported: ExportedProgram) -> GraphModule:
     """The exported program as a GraphModule fit for passes: without the guard-checking node,
-    which breaks subgraph rewriting (`check_guards` is absent before torch 2.9)."""
+    which breaks subgraph rewriting (`check_guards` is absent before torch 2.9), and with in-place
+    `detach_` made functional (see _functional_detach)."""
     try:
-        return exported.module(check_guards=False)
+        module = exported.module(check_guards=False)
     except TypeError:
-        return exported.module()
+        module = exported.module()
+    return _functional_detach(module)
+
+
+def _functional_detach(module: GraphModule) -> GraphModule:
+    """`aten.detach_` as `aten.detach`. Models that detach a constant in place (LLaVA's and
+    Informer's attention scalars) are captured with `detach_` on a lifted tensor constant; once the
+    graph is exported again, that constant is a view, and the in-place detach raises "Can't detach
+    views in-place" on every later run. Without autograd the two are the same function."""
+    changed = False
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.detach_.default:
+            node.target = torch.ops.aten.detach.default
+            changed = True
+    if changed:
+        module.recompile()
+    return module
 
 
 def run_module(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

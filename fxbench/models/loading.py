@@ -196,6 +196,15 @@ def load_model(
         if "attn_implementation" in str(exc) or "does not support" in str(exc):
             raise ModelLoadError(f"{source!r}: {' '.join(str(exc).split())[:300]}") from exc
         raise _load_error(source, exc, online or not hub_kwargs) from exc
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise
+        # The checkpoint holds another head of this task's shape (a 1-logit multiple-choice
+        # classifier loaded as 2-label text classification): the weights cannot serve it.
+        raise ModelLoadError(
+            f"{source!r}: its weights do not fit {auto_cls.__name__}'s head for {task} (mismatched sizes: the checkpoint is a "
+            f"{', '.join(getattr(config, 'architectures', None) or ['different head'])}); pick the --task it was trained for"
+        ) from exc
     model.eval()
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is not None and hasattr(cfg, "use_cache"):

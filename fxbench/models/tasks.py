@@ -144,8 +144,9 @@ def canonical_task(name: str) -> str:
     if key in TASK_SYNONYMS:
         return TASK_SYNONYMS[key]
     hint = ""
-    if key.endswith("-with-past"):
-        hint = f" (fxbench captures without a KV cache: use --task {key.removesuffix('-with-past')})"
+    base = key.removesuffix("-with-past")
+    if base != key and (base in TASKS or base in TASK_SYNONYMS):
+        hint = f" (--task captures one forward pass without a KV cache: use --task {TASK_SYNONYMS.get(base, base)})"
     raise ModelLoadError(f"unknown task {name!r}{hint}; choose one of: {', '.join(TASKS)} (or an Optimum name: {', '.join(TASK_SYNONYMS)})")
 
 
