@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,17 +56,41 @@ def _llava_list(value: Any) -> list:
 _ABSENT = object()
 
 
+def _shape_checks_only(original: Any) -> Any:
+    """transformers' `torch_compilable_check` without its checks on tensor values while capturing.
+
+    A check on a tensor (a VLM's "image tokens == image features" count) is traced as
+    `aten._is_all_true` plus an assert: a runtime data check, not a shape hint, which ONNX has no
+    op for (the export fails) and the artifacts could not raise anyway. Checks on Python or
+    symbolic values are hints torch.export needs, and stay."""
+
+    def check(cond: Any, msg: Any, error_type: type[Exception] = ValueError) -> None:
+        if isinstance(cond, torch.Tensor):
+            return
+        original(cond, msg, error_type)
+
+    return check
+
+
 def _shims_for(model_type: str) -> list[tuple[Any, str, Any]]:
     """(owner, attribute, replacement) for `model_type`."""
+    shims: list[tuple[Any, str, Any]] = []
     if model_type == "mobilevit":
         from transformers.models.mobilevit import modeling_mobilevit
 
-        return [(modeling_mobilevit.MobileViTLayer, "unfolding", _mobilevit_unfolding)]
+        shims.append((modeling_mobilevit.MobileViTLayer, "unfolding", _mobilevit_unfolding))
     if model_type == "llava":
         from transformers.models.llava import modeling_llava
 
-        return [(modeling_llava, "list", _llava_list)]
-    return []
+        shims.append((modeling_llava, "list", _llava_list))
+    try:
+        modeling = importlib.import_module(f"transformers.models.{model_type.replace('-', '_')}.modeling_{model_type.replace('-', '_')}")
+    except ImportError:
+        modeling = None
+    original = getattr(modeling, "torch_compilable_check", None)
+    if original is not None:
+        shims.append((modeling, "torch_compilable_check", _shape_checks_only(original)))
+    return shims
 
 
 def _name(owner: Any, attr: str) -> str:
