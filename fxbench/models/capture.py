@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import time
 import traceback
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from fxbench.errors import CaptureError
 from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
 from fxbench.models.loading import LoadedModel
 
-__all__ = ["CapturedProgram", "FlatOutputs", "capture", "export_graph_module", "unlift", "run_module"]
+__all__ = ["CapturedProgram", "FlatOutputs", "ReexportError", "capture", "export_graph_module", "failing_node", "unlift", "run_module"]
 
 OutputPath = tuple[Any, ...]
 
@@ -152,7 +153,52 @@ def _model_frame(exc: BaseException) -> str | None:
     return None
 
 
-def _capture_error(exc: BaseException, static: bool) -> CaptureError:
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def _node_text(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    path = str(list(stack.values())[-1][0]).removeprefix("model.") if stack else ""
+    module = f", module {path}" if path and path != "model" and not path.startswith("_empty") else ""
+    return f"{node.target} (node {node.name}{module})"
+
+
+def failing_node(exc: BaseException) -> str | None:
+    """The graph node an exception was raised at, as "aten.op (node name, module path)": found from
+    the traceback's frames in FX-generated code (each maps its line to a node), or from the
+    "While executing %node" that torch's interpreters add. None when the failure is outside a graph."""
+    found: torch.fx.Node | None = None
+    for e in _chain(exc):
+        tb = e.__traceback__
+        while tb is not None:
+            gm = tb.tb_frame.f_locals.get("self")
+            lines = getattr(gm, "_lineno_map", None)
+            if isinstance(gm, GraphModule) and lines and tb.tb_frame.f_code.co_filename.startswith("<eval_with_key>"):
+                index = lines.get(tb.tb_lineno - getattr(gm, "_prologue_start", 0))
+                nodes = list(gm.graph.nodes)
+                if index is not None and 0 <= index < len(nodes):
+                    found = nodes[index]  # the innermost graph frame wins
+            tb = tb.tb_next
+        if found is not None:
+            return _node_text(found)
+    for e in _chain(exc):
+        match = re.search(r"While executing %(\w+) : .*?target=([\w.]+)", str(e))
+        if match:
+            return f"{match.group(2).removeprefix('torch.ops.')} (node {match.group(1)})"
+    return None
+
+
+def _model_type(loaded: LoadedModel) -> str:
+    return f"{loaded.config.model_type} ({type(loaded.model).__name__})"
+
+
+def _capture_error(exc: BaseException, loaded: LoadedModel, static: bool) -> CaptureError:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     head = lines[0][:240] if lines else type(exc).__name__
     low = str(exc).lower()
@@ -164,7 +210,15 @@ def _capture_error(exc: BaseException, static: bool) -> CaptureError:
         hint = "try --static, another --task, or --attn eager"
     where = _model_frame(exc)
     at = f" at {where}" if where else ""
-    return CaptureError(f"capture failed{at}: {type(exc).__name__}: {head}; {hint}")
+    return CaptureError(f"capture of {_model_type(loaded)} failed{at}: {type(exc).__name__}: {head}; {hint}")
+
+
+class ReexportError(CaptureError):
+    """The transformed graph would not export again; `node` names where, for the pass that made it."""
+
+    def __init__(self, message: str, node: str | None):
+        super().__init__(message)
+        self.node = node
 
 
 def capture(
@@ -187,7 +241,7 @@ def capture(
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
         where = _model_frame(exc)
         raise CaptureError(
-            f"the model failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
+            f"{_model_type(loaded)} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         ) from exc
     paths = _output_paths(raw)
@@ -201,7 +255,7 @@ def capture(
     try:
         exported = torch.export.export(eager, (), dict(inputs.tensors), dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
-        raise _capture_error(exc, dims.static) from exc
+        raise _capture_error(exc, loaded, dims.static) from exc
     return CapturedProgram(
         loaded=loaded,
         eager=eager,
@@ -219,5 +273,11 @@ def export_graph_module(module: torch.nn.Module, captured: CapturedProgram) -> E
     that it can be saved, or lowered to ONNX or AOTInductor."""
     try:
         return torch.export.export(module, (), dict(captured.inputs.tensors), dynamic_shapes=captured.dynamic_shapes, strict=False)
-    except Exception as exc:  # noqa: BLE001
-        raise _capture_error(exc, captured.dims.static) from exc
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
+        node = failing_node(exc)
+        hint = "try --static" if captured.dynamic_shapes else "try a pipeline without the pass that made that op"
+        raise ReexportError(
+            f"re-export of the optimized graph of {_model_type(captured.loaded)} failed{' at ' + node if node else ''}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}; {hint}",
+            node,
+        ) from exc
