@@ -104,7 +104,7 @@ def _unforeseen(target: str, subject: ExportSubject, exc: Exception) -> StageErr
     config = subject.captured.loaded.config
     where = failing_node(exc)
     return StageError(
-        f"--to {target} failed on this {config.model_type} model{' at ' + where if where else ''}: {one_line(exc)}; "
+        f"--to {target} failed on this {config.model_type} model{' at ' + str(where) if where else ''}: {one_line(exc)}; "
         f"drop {target} from --to / --target, or try --static or a pipeline without the pass that made that op (-v shows the traceback)"
     )
 

@@ -21,7 +21,7 @@ from fxbench.jobs.common import default_device, default_output_dir, export_plan,
 from fxbench.jobs.common import report_header, require_device, resolve_model_source
 from fxbench.jobs.folders import check_output_dir, output_lock, staged_directory
 from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner
-from fxbench.models import CapturedProgram, DynamicDims, ReexportError, export_graph_module, failing_node, run_module
+from fxbench.models import CapturedProgram, DynamicDims, GraphFault, ReexportError, export_graph_module, failing_node, run_module
 from fxbench.numerics import Parity, compare
 from fxbench.passes import FxbenchPass, PipelineResult, build_passes, op_histogram, run_pipeline
 from fxbench.passes.pipelines import effective_pipeline, search_space
@@ -128,12 +128,11 @@ def _run_passes(captured: CapturedProgram, passes: list[FxbenchPass], request: O
     return result
 
 
-def _pass_hint(result: PipelineResult, node: str | None) -> str:
+def _pass_hint(result: PipelineResult, node: GraphFault | None) -> str:
     """What to try when the optimized graph fails after the passes: without the pass that put the
     failing op there, or, when none did, without one of those that changed the graph."""
-    op = node.split(" ")[0] if node else None
     applied = [r for r in result.records if r.status == "applied"]
-    made = [r.name for r in applied if op and r.op_delta.get(op, 0) > 0]
+    made = [r.name for r in applied if node and r.op_delta.get(node.op, 0) > 0]
     if made:
         return f"{made[-1]} added that op: try --passes -{made[-1]}"
     if applied:
@@ -150,7 +149,7 @@ def _reloaded_run(path: Path, captured: CapturedProgram, result: PipelineResult)
         config = captured.loaded.config
         raise StageError(
             f"model.pt2 of this {config.model_type} model does not run after saving and loading it"
-            f"{' at ' + node if node else ''}: {one_line(exc, 160)}; {_pass_hint(result, node)}"
+            f"{' at ' + str(node) if node else ''}: {one_line(exc, 160)}; {_pass_hint(result, node)}"
         ) from exc
 
 

@@ -8,7 +8,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.export import ExportedProgram
@@ -18,7 +18,7 @@ from fxbench.errors import CaptureError
 from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
 from fxbench.models.loading import LoadedModel
 
-__all__ = ["CapturedProgram", "FlatOutputs", "ReexportError", "capture", "export_graph_module", "failing_node", "unlift", "run_module"]
+__all__ = ["CapturedProgram", "FlatOutputs", "GraphFault", "ReexportError", "capture", "export_graph_module", "failing_node", "unlift", "run_module"]
 
 OutputPath = tuple[Any, ...]
 
@@ -162,35 +162,51 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _node_text(node: torch.fx.Node) -> str:
+class GraphFault(NamedTuple):
+    """Where in a graph something failed: `op` as the op histograms name it (str of the target),
+    `text` as an error line names it: "aten.op (node name, module path)"."""
+
+    op: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _fault(node: torch.fx.Node) -> GraphFault:
     stack = node.meta.get("nn_module_stack") or {}
     path = str(list(stack.values())[-1][0]).removeprefix("model.") if stack else ""
     module = f", module {path}" if path and path != "model" and not path.startswith("_empty") else ""
-    return f"{node.target} (node {node.name}{module})"
+    name = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else getattr(node.target, "__name__", str(node.target))
+    return GraphFault(str(node.target), f"{name} (node {node.name}{module})")
 
 
-def failing_node(exc: BaseException) -> str | None:
-    """The graph node an exception was raised at, as "aten.op (node name, module path)": found from
-    the traceback's frames in FX-generated code (each maps its line to a node), or from the
-    "While executing %node" that torch's interpreters add. None when the failure is outside a graph."""
+def failing_node(exc: BaseException) -> GraphFault | None:
+    """The graph node an exception was raised at: found from the traceback's frames in FX-generated
+    code (each maps its line to a node), or from the "While executing %node" that torch's
+    interpreters add. None when the failure is outside a graph."""
     found: torch.fx.Node | None = None
     for e in _chain(exc):
         tb = e.__traceback__
         while tb is not None:
-            gm = tb.tb_frame.f_locals.get("self")
+            frame = tb.tb_frame
+            gm = frame.f_locals.get("self")
             lines = getattr(gm, "_lineno_map", None)
-            if isinstance(gm, GraphModule) and lines and tb.tb_frame.f_code.co_filename.startswith("<eval_with_key>"):
+            if isinstance(gm, GraphModule) and lines and frame.f_code.co_filename.startswith("<eval_with_key>"):
                 index = lines.get(tb.tb_lineno - getattr(gm, "_prologue_start", 0))
                 nodes = list(gm.graph.nodes)
                 if index is not None and 0 <= index < len(nodes):
                     found = nodes[index]  # the innermost graph frame wins
+            elif frame.f_code.co_name == "run_node" and isinstance(frame.f_locals.get("n"), torch.fx.Node):
+                found = frame.f_locals["n"]  # torch.fx.Interpreter (export runs a GraphModule through one)
             tb = tb.tb_next
         if found is not None:
-            return _node_text(found)
+            return _fault(found)
     for e in _chain(exc):
         match = re.search(r"While executing %(\w+) : .*?target=([\w.]+)", str(e))
         if match:
-            return f"{match.group(2).removeprefix('torch.ops.')} (node {match.group(1)})"
+            op = match.group(2).removeprefix("torch.ops.")
+            return GraphFault(op, f"{op} (node {match.group(1)})")
     return None
 
 
@@ -214,9 +230,9 @@ def _capture_error(exc: BaseException, loaded: LoadedModel, static: bool) -> Cap
 
 
 class ReexportError(CaptureError):
-    """The transformed graph would not export again; `node` names where, for the pass that made it."""
+    """The transformed graph would not export again; `node` says where, for the pass that made it."""
 
-    def __init__(self, message: str, node: str | None):
+    def __init__(self, message: str, node: GraphFault | None):
         super().__init__(message)
         self.node = node
 
@@ -277,7 +293,7 @@ def export_graph_module(module: torch.nn.Module, captured: CapturedProgram) -> E
         node = failing_node(exc)
         hint = "try --static" if captured.dynamic_shapes else "try a pipeline without the pass that made that op"
         raise ReexportError(
-            f"re-export of the optimized graph of {_model_type(captured.loaded)} failed{' at ' + node if node else ''}: "
+            f"re-export of the optimized graph of {_model_type(captured.loaded)} failed{' at ' + str(node) if node else ''}: "
             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}; {hint}",
             node,
         ) from exc

@@ -45,7 +45,7 @@ class Progress:
         if not self.enabled:
             return
         if status == "warn":
-            self.console.print(f"[yellow]![/] {step:<40} [yellow]warning:[/] {detail}", markup=True, highlight=False)
+            self.console.print(f"[yellow]![/] {step:<40} [yellow]warning:[/] {detail}", soft_wrap=True)  # one line, however long
             return
         if status == "start":
             self.started[step] = time.perf_counter()
