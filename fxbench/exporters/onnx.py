@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import logging
 import re
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,15 +266,23 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     device: str = "cpu",
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    rename: Callable[[ir.Model], dict[str, Any]] | None = None,
 ) -> Artifact:
     """Export `subject` into `folder` as the onnx target's file (model.onnx), then prove it:
     onnx.checker (full check, through the path so external data is read) and ONNX Runtime against
-    the checks' eager references."""
+    the checks' eager references.
+
+    `rename` renames the graph's inputs, outputs and axes after the export's own names are checked
+    (the with-past form takes Optimum's dotted names); the checks' inputs then carry the new names,
+    and what it returns goes into the details."""
     start = time.perf_counter()
     validate_opset(opset)
     providers = ort_providers(device)
     model = _to_onnx(subject, opset)
     shapes = _check_axes(model, subject)
+    renamed = rename(model) if rename is not None else None
+    if renamed is not None:
+        shapes = {v.name: _shape_text(v) for v in model.graph.inputs}
     path = Path(folder) / target_file("onnx", device)
     external = save_onnx(model, path, external_data_threshold)
     try:
@@ -283,6 +292,7 @@ def export_onnx(
     runner = OnnxRunner(path, providers)
     parity = verify(runner, checks, subject, f"{path.name} in ONNX Runtime")
     details = {
+        **({"renamed": renamed} if renamed is not None else {}),
         "opset": opset,
         "ir_version": model.ir_version,
         "inputs": shapes,
@@ -292,4 +302,7 @@ def export_onnx(
         "checked_with": {"onnx.checker": "full_check", "onnxruntime": runner.session.get_providers()},
         "exporter": f"torch.onnx dynamo (torch {torch.__version__}, onnxscript {package_version('onnxscript')})",
     }
-    return subject.artifact("onnx", path, "any", parity, details, started=start)
+    artifact = subject.artifact("onnx", path, "any", parity, details, started=start)
+    # The file's own names: the subject's, or the with-past form's after `rename`.
+    return dataclasses.replace(artifact, input_names=tuple(v.name for v in model.graph.inputs),
+                               output_names=tuple(v.name for v in model.graph.outputs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
 from torch.fx import GraphModule
 
 from fxbench.events import EventFn, no_events, step
@@ -11,7 +12,7 @@ from fxbench.exporters import load_program
 from fxbench.jobs.common import load_and_capture, resolve_model_source
 from fxbench.jobs.folders import saved_program
 from fxbench.models import DynamicDims, unlift
-from fxbench.passes import op_histogram
+from fxbench.passes import op_histogram, read_tensors
 from fxbench.passes.base import module_path
 from fxbench.reports.records import Inspection
 
@@ -22,22 +23,11 @@ def _weight_counts(gm: GraphModule) -> tuple[int, int]:
     """(parameters, buffer and constant elements) the graph reads; tied weights count once."""
     seen: set[int] = set()
     params = others = 0
-    for n in gm.graph.nodes:
-        if n.op != "get_attr":
-            continue
-        target = str(n.target)
-        try:
-            t, is_param = gm.get_parameter(target), True
-        except AttributeError:
-            t, is_param = gm, False
-            for part in target.split("."):
-                t = getattr(t, part, None)
-        if not hasattr(t, "numel") or t.device.type == "meta":
-            continue
-        if t.data_ptr() in seen:
+    for t in read_tensors(gm).values():
+        if t.device.type == "meta" or t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
-        if is_param:
+        if isinstance(t, torch.nn.Parameter):
             params += t.numel()
         else:
             others += t.numel()

@@ -18,7 +18,10 @@ from fxbench.errors import CaptureError
 from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
 from fxbench.models.loading import LoadedModel
 
-__all__ = ["CapturedProgram", "FlatOutputs", "GraphFault", "ReexportError", "capture", "export_graph_module", "failing_node", "unlift", "run_module"]
+__all__ = [
+    "CapturedProgram", "FlatOutputs", "GraphFault", "ReexportError", "capture", "capture_error", "eager_failure",
+    "export_graph_module", "failing_node", "unlift", "run_module",
+]
 
 OutputPath = tuple[Any, ...]
 
@@ -214,7 +217,17 @@ def _model_type(loaded: LoadedModel) -> str:
     return f"{loaded.config.model_type} ({type(loaded.model).__name__})"
 
 
-def _capture_error(exc: BaseException, loaded: LoadedModel, static: bool) -> CaptureError:
+def eager_failure(exc: BaseException, what: str = "the model") -> CaptureError:
+    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line."""
+    where = _model_frame(exc)
+    return CaptureError(
+        f"{what} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    )
+
+
+def capture_error(exc: BaseException, static: bool, what: str = "the model") -> CaptureError:
+    """One line for a capture that failed: where in the model, why, and what to try."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     head = lines[0][:240] if lines else type(exc).__name__
     low = str(exc).lower()
@@ -226,7 +239,7 @@ def _capture_error(exc: BaseException, loaded: LoadedModel, static: bool) -> Cap
         hint = "try --static, another --task, or --attn eager"
     where = _model_frame(exc)
     at = f" at {where}" if where else ""
-    return CaptureError(f"capture of {_model_type(loaded)} failed{at}: {type(exc).__name__}: {head}; {hint}")
+    return CaptureError(f"capture of {what} failed{at}: {type(exc).__name__}: {head}; {hint}")
 
 
 class ReexportError(CaptureError):
@@ -255,11 +268,7 @@ def capture(
         with torch.no_grad():
             raw = loaded.model(**inputs.tensors)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        where = _model_frame(exc)
-        raise CaptureError(
-            f"{_model_type(loaded)} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ) from exc
+        raise eager_failure(exc, _model_type(loaded)) from exc
     paths = _output_paths(raw)
     if not paths:
         raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")
@@ -271,7 +280,7 @@ def capture(
     try:
         exported = torch.export.export(eager, (), dict(inputs.tensors), dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
-        raise _capture_error(exc, loaded, dims.static) from exc
+        raise capture_error(exc, dims.static, _model_type(loaded)) from exc
     return CapturedProgram(
         loaded=loaded,
         eager=eager,
