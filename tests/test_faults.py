@@ -29,6 +29,7 @@ from fxbench.exporters import save_program
 from fxbench.jobs import OptimizeRequest, optimize
 from fxbench.jobs.folders import staged_directory
 from fxbench.models import ReexportError, export_graph_module
+from fxbench.passes import FxbenchPass, PassResult, run_pipeline
 from fxbench.passes.remove_noops import RemoveNoops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -483,3 +484,35 @@ def test_an_exporters_unforeseen_failure_is_its_failure_in_one_line(captured, tm
         assert list(tmp_path.iterdir()) == []
     finally:
         TARGETS.pop("onnx-broken")
+
+
+def _data_dependent(x: torch.Tensor) -> torch.Tensor:
+    return x + 0 * int((x > 0).any())  # exact when run; under export, int() of a traced value fails
+
+
+class _InsertCheck(FxbenchPass):
+    """A pass whose op runs eagerly but cannot be exported: what a third-party pass may do."""
+
+    name = "insert-check"
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        node = next(n for n in graph_module.graph.nodes if n.target == torch.ops.aten.tanh.default)
+        with graph_module.graph.inserting_after(node):
+            check = graph_module.graph.call_function(_data_dependent, (node,))
+        node.replace_all_uses_with(check, delete_user_cb=lambda user: user is not check)
+        graph_module.recompile()
+        return PassResult(graph_module, True)
+
+
+def test_a_re_export_failure_names_the_pass_that_made_the_op(captured, tmp_path):
+    from fxbench.jobs.optimize import _save_program
+
+    cap = captured("gpt2")
+    result = run_pipeline(cap.graph_module(), [_InsertCheck()], inputs=dict(cap.inputs.tensors), reference=cap.reference,
+                          output_names=cap.output_names)
+    assert [r.status for r in result.records] == ["applied"]  # it runs, and exactly
+    with pytest.raises(ReexportError) as info:
+        _save_program(cap, result, tmp_path, lambda *event: None, {}, "")
+    message = str(info.value)
+    assert message.startswith("re-export of the optimized graph of gpt2 (GPT2LMHeadModel) failed at _data_dependent (node ")
+    assert message.endswith("insert-check added that op: try --passes -insert-check") and list(tmp_path.iterdir()) == []

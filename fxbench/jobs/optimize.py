@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fxbench.environment import collect_environment
-from fxbench.errors import BenchOptionError, FxbenchError, OutputWriteError, StageError, VerificationError, one_line
+from fxbench.errors import BenchOptionError, FxbenchError, OutputWriteError, VerificationError, one_line
 from fxbench.events import EventFn, no_events, prefixed, step
 from fxbench.exporters import PROGRAM_FILE, Artifact, load_program, save_program
 from fxbench.jobs.bench import run_benchmark
@@ -147,9 +147,9 @@ def _reloaded_run(path: Path, captured: CapturedProgram, result: PipelineResult)
     except Exception as exc:  # noqa: BLE001 - any failure of the saved program is named in one line
         node = failing_node(exc)
         config = captured.loaded.config
-        raise StageError(
+        raise ReexportError(
             f"model.pt2 of this {config.model_type} model does not run after saving and loading it"
-            f"{' at ' + str(node) if node else ''}: {one_line(exc, 160)}; {_pass_hint(result, node)}"
+            f"{' at ' + str(node) if node else ''}: {one_line(exc, 160)}; {_pass_hint(result, node)}", node,
         ) from exc
 
 

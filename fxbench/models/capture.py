@@ -243,7 +243,8 @@ def capture_error(exc: BaseException, static: bool, what: str = "the model") -> 
 
 
 class ReexportError(CaptureError):
-    """The transformed graph would not export again; `node` says where, for the pass that made it."""
+    """The transformed graph would not export again, or its saved program does not run; `node`
+    says where, for the pass that made it."""
 
     def __init__(self, message: str, node: GraphFault | None):
         super().__init__(message)
