@@ -343,7 +343,11 @@ def bench(
         out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md, report.html")
     failed = result.failures()
     if failed:
-        err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
+        first = failed[0]
+        who = getattr(first, "label", None) or getattr(first, "backend", "")
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        print(f"error: {len(failed)} backend run(s) failed, the others were timed: {who}: {' '.join(first.reason.split())[:240]}"
+              f"{more}; {paths['json']} says why for each", file=sys.stderr)
         raise typer.Exit(1)
 
 

@@ -516,3 +516,44 @@ def test_a_re_export_failure_names_the_pass_that_made_the_op(captured, tmp_path)
     message = str(info.value)
     assert message.startswith("re-export of the optimized graph of gpt2 (GPT2LMHeadModel) failed at _data_dependent (node ")
     assert message.endswith("insert-check added that op: try --passes -insert-check") and list(tmp_path.iterdir()) == []
+
+
+class _Raises(FxbenchPass):
+    """A pass that raises while it works on the graph."""
+
+    name = "raises"
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        raise RuntimeError("this pass is broken")
+
+
+class _BreaksTheGraph(FxbenchPass):
+    """A pass whose graph no longer runs: an op that raises when executed."""
+
+    name = "breaks-the-graph"
+
+    def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+        node = next(n for n in graph_module.graph.nodes if n.target == torch.ops.aten.tanh.default)
+        node.target = _broken
+        graph_module.recompile()
+        return PassResult(graph_module, True)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (_Raises, "pass raises failed on this gpt2 model: RuntimeError: this pass is broken; "),
+    (_BreaksTheGraph, "pass breaks-the-graph on this gpt2 model at _broken (node "),
+])
+def test_a_pass_failing_under_strict_names_the_model_the_node_and_what_to_try(captured, bad, message):
+    from fxbench.errors import VerificationError
+    from fxbench.jobs.common import pass_context
+
+    cap = captured("gpt2")
+    kwargs = dict(inputs=dict(cap.inputs.tensors), reference=cap.reference, output_names=cap.output_names, context=pass_context(cap))
+    # Without --strict: rolled back and recorded, the graph as it was.
+    result = run_pipeline(cap.graph_module(), [bad()], **kwargs)
+    assert [r.status for r in result.records] == ["failed"] and result.parity.cosine > 0.9999
+    with pytest.raises(VerificationError) as info:
+        run_pipeline(cap.graph_module(), [bad()], strict=True, **kwargs)
+    text = str(info.value)
+    assert text.startswith(message) and "\n" not in text, text
+    assert text.endswith(f"run without --strict to roll it back, or leave it out: --passes -{bad.name}")
