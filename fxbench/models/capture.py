@@ -6,7 +6,7 @@ import inspect
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -217,12 +217,14 @@ def _model_type(loaded: LoadedModel) -> str:
     return f"{loaded.config.model_type} ({type(loaded.model).__name__})"
 
 
-def eager_failure(exc: BaseException, what: str = "the model") -> CaptureError:
-    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line."""
+def eager_failure(exc: BaseException, what: str = "the model", inputs: Sequence[str] = ()) -> CaptureError:
+    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line;
+    `inputs` names what it was given, for a model that wants others."""
     where = _model_frame(exc)
+    given = f"; fxbench gave it {', '.join(inputs)}: try another --task, or a model folder with its tokenizer / processor" if inputs else ""
     return CaptureError(
         f"{what} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
-        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}{given}"
     )
 
 
@@ -264,12 +266,15 @@ def capture(
     The eager model runs first on the same inputs: its outputs are the reference every pass and
     artifact is checked against, and they fix the names and order of the graph's outputs.
     """
-    inputs = make_inputs(loaded, batch, seq, use_preprocessor=use_preprocessor)
+    try:
+        inputs = make_inputs(loaded, batch, seq, use_preprocessor=use_preprocessor)
+    except CaptureError as exc:
+        raise CaptureError(f"sample inputs for {_model_type(loaded)}: {exc}") from exc
     try:
         with torch.no_grad():
             raw = loaded.model(**inputs.tensors)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        raise eager_failure(exc, _model_type(loaded)) from exc
+        raise eager_failure(exc, _model_type(loaded), list(inputs.tensors)) from exc
     paths = _output_paths(raw)
     if not paths:
         raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")
