@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -221,6 +222,7 @@ def _one_model(name: str, work: Path, pipeline: str) -> ModelResult:
     group, _, model_class, _ = SAMPLE[name]
     result = ModelResult(name, group, model_class)
     folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)  # what a stopped run left of this model
     try:
         build(name, folder / "model")
     except Exception as exc:  # noqa: BLE001 - a config this transformers rejects is recorded, not fatal
@@ -249,28 +251,36 @@ def run_sample(names: list[str], work: Path, pipeline: str = "O1",
     recorded with the worker's exit code and last line."""
     results_file = work / "results.jsonl"
     done: dict[str, ModelResult] = {}
-    if results_file.exists():  # a run stopped earlier in this folder: its models are not run again
-        for line in results_file.read_text(encoding="utf-8").splitlines():
-            r = ModelResult.from_dict(json.loads(line))
-            if r.name in names and r.name not in done:
-                done[r.name] = r
-                if progress:
-                    progress(r)
+
+    def collect() -> None:
+        if results_file.exists():
+            for line in results_file.read_text(encoding="utf-8").splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    continue  # the worker is writing it
+                r = ModelResult.from_dict(json.loads(line))
+                if r.name in names and r.name not in done:
+                    done[r.name] = r
+                    if progress:
+                        progress(r)
+
+    collect()  # a run stopped earlier in this folder: its models are not run again
     while len(done) < len(names):
         remaining = [n for n in names if n not in done]
         log = work / "worker.log"
         with log.open("w", encoding="utf-8") as f:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [sys.executable, __file__, "--worker", "--only", ",".join(remaining), "--pipeline", pipeline, "--work", str(work)],
                 stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1", FXBENCH_VERBOSE=""),
             )
-        if results_file.exists():
-            for line in results_file.read_text(encoding="utf-8").splitlines():
-                r = ModelResult.from_dict(json.loads(line))
-                if r.name not in done:
-                    done[r.name] = r
-                    if progress:
-                        progress(r)
+            try:
+                while proc.poll() is None:
+                    time.sleep(2)
+                    collect()  # each model as the worker finishes it
+            finally:
+                if proc.poll() is None:  # the parent stopped: so does its worker
+                    proc.terminate()
+                    proc.wait()
+        collect()
         if proc.returncode != 0:
             dead = next(n for n in names if n not in done)
             tail = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]

@@ -351,11 +351,30 @@ def bench(
         raise typer.Exit(1)
 
 
+def _usage_error(exc: Any) -> NoReturn:
+    """click's usage errors (an unknown option, a value of the wrong type) as the one `error:` line
+    every other failure is, instead of a boxed, wrapped usage message."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # `fxbench` alone: the help
+        sys.exit(exc.exit_code)
+    where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "fxbench"
+    print(f"error: {' '.join(exc.format_message().split()).rstrip('.')}; see {where} --help", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
 def main() -> None:
     _quiet_libraries()
     interrupts.install()
     try:
-        app()
+        code = app(prog_name="fxbench", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except typer.TyperException as exc:  # typer's click: usage errors (ClickException and its kind)
+        if not hasattr(exc, "format_message"):
+            raise
+        _usage_error(exc)
     except (interrupts.Interrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
         name = exc.name if isinstance(exc, interrupts.Interrupted) else "SIGINT"

@@ -557,3 +557,14 @@ def test_a_pass_failing_under_strict_names_the_model_the_node_and_what_to_try(ca
     text = str(info.value)
     assert text.startswith(message) and "\n" not in text, text
     assert text.endswith(f"run without --strict to roll it back, or leave it out: --passes -{bad.name}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("optimize", "--bogus"), "error: No such option: --bogus (Possible options: --verbose); see fxbench optimize --help"),
+    (("optimize", "--batch", "x"), "error: Invalid value for '--batch': Input should be a valid integer"),
+    (("bogus",), "error: No such command 'bogus'; see fxbench --help"),
+])
+def test_a_usage_error_is_one_line_too(args, message):
+    proc = fxbench(*args)
+    assert proc.returncode == 2
+    assert_one_error(proc.stderr, message)
