@@ -65,12 +65,19 @@ def forward_parameters(model: torch.nn.Module) -> list[str]:
     return list(inspect.signature(model.forward).parameters)
 
 
+def _text_config(config: Any) -> Any:
+    """The config of the text tower: the config itself, or a multimodal model's `text_config` (CLIP, SigLIP)."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
 def max_positions(config: Any) -> int | None:
     """The longest sequence the model's config allows (its position table), or None if it names none."""
-    for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    for cfg in (config, _text_config(config)):  # the model's own first, then its text tower's
+        for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
     return None
 
 
@@ -83,6 +90,7 @@ def _text_from_tokenizer(tokenizer: Any, batch: int, seq: int) -> dict[str, torc
 
 
 def _text_from_config(config: Any, batch: int, seq: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    config = _text_config(config)
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab <= 0:
         raise CaptureError("the config has no vocab_size to draw token ids from; the model needs its tokenizer")
@@ -179,6 +187,12 @@ def make_inputs(loaded: LoadedModel, batch: int = 2, seq: int = 16, *, seed: int
             seq_out = None
     else:  # pragma: no cover - modality comes from a closed table
         raise CaptureError(f"no sample inputs for modality {loaded.modality!r}")
+
+    vision = getattr(config, "vision_config", None)
+    if loaded.modality == "text" and vision is not None and "pixel_values" in accepted:
+        # A text-and-image model (CLIP, SigLIP): its image tower's input beside the tokens.
+        size = _image_size(vision, None)
+        tensors["pixel_values"] = torch.randn(batch, int(getattr(vision, "num_channels", 3)), size, size, generator=gen)
 
     if loaded.is_encoder_decoder and "decoder_input_ids" in accepted:
         limit = getattr(config, "max_target_positions", None) or max_positions(config)
