@@ -11,7 +11,7 @@ from typing import Any
 from fxbench.errors import FxbenchError
 from fxbench.events import EventFn, no_events
 from fxbench.exporters import Artifact
-from fxbench.jobs.common import load_and_capture, model_record, resolve_model_source
+from fxbench.jobs.common import input_warning, load_and_capture, model_record, require_device, resolve_model_source
 from fxbench.jobs.folders import output_folder, read_report
 from fxbench.models import CapturedProgram, DynamicDims
 from fxbench.models.inputs import DEFAULT_IMAGE_RANGE
@@ -144,6 +144,7 @@ def run_benchmark(
 
     Options, backend names and artifact files are checked before the model is loaded."""
     settings = BenchSettings(device=device, threads=threads, warmup=warmup, measure=measure)
+    require_device(device)
     shapes = list(shapes) if shapes else [Shape(1, 128)]
     folder = None if isinstance(target, CapturedProgram) else output_folder(target)
     artifacts = _folder_artifacts(folder)[1] if folder is not None else ()
@@ -152,6 +153,8 @@ def run_benchmark(
     captured = opened.captured
     work = workload(captured, shapes)
     model = {**model_record(captured.loaded).to_dict(), "inputs_from": captured.inputs.origin}
+    if input_warning(captured.loaded):
+        model["inputs_warning"] = input_warning(captured.loaded)
     return bench(captured, chosen, work, settings, model=model, source=opened.describe(), events=events, command=command)
 
 

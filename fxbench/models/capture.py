@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 import time
 import traceback
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch.export import ExportedProgram
@@ -21,7 +22,10 @@ from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_axis, dynam
 from fxbench.models.loading import LoadedModel
 from fxbench.models.shims import capture_shims
 
-__all__ = ["CapturedProgram", "FlatOutputs", "capture", "capture_error", "eager_failure", "export_graph_module", "unlift", "run_module"]
+__all__ = [
+    "CapturedProgram", "FlatOutputs", "GraphFault", "ReexportError", "capture", "capture_error", "eager_failure",
+    "export_graph_module", "failing_node", "unlift", "run_module",
+]
 
 OutputPath = tuple[Any, ...]
 
@@ -229,16 +233,80 @@ def _model_frame(exc: BaseException) -> str | None:
     return None
 
 
-def eager_failure(exc: BaseException, what: str = "the model") -> CaptureError:
-    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line."""
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+class GraphFault(NamedTuple):
+    """Where in a graph something failed: `op` as the op histograms name it (str of the target),
+    `text` as an error line names it: "aten.op (node name, module path)"."""
+
+    op: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _fault(node: torch.fx.Node) -> GraphFault:
+    stack = node.meta.get("nn_module_stack") or {}
+    path = str(list(stack.values())[-1][0]).removeprefix("model.") if stack else ""
+    module = f", module {path}" if path and path != "model" and not path.startswith("_empty") else ""
+    name = str(node.target) if isinstance(node.target, torch._ops.OpOverload) else getattr(node.target, "__name__", str(node.target))
+    return GraphFault(str(node.target), f"{name} (node {node.name}{module})")
+
+
+def failing_node(exc: BaseException) -> GraphFault | None:
+    """The graph node an exception was raised at: found from the traceback's frames in FX-generated
+    code (each maps its line to a node), or from the "While executing %node" that torch's
+    interpreters add. None when the failure is outside a graph."""
+    found: torch.fx.Node | None = None
+    for e in _chain(exc):
+        tb = e.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            gm = frame.f_locals.get("self")
+            lines = getattr(gm, "_lineno_map", None)
+            if isinstance(gm, GraphModule) and lines and frame.f_code.co_filename.startswith("<eval_with_key>"):
+                index = lines.get(tb.tb_lineno - getattr(gm, "_prologue_start", 0))
+                nodes = list(gm.graph.nodes)
+                if index is not None and 0 <= index < len(nodes):
+                    found = nodes[index]  # the innermost graph frame wins
+            elif frame.f_code.co_name == "run_node" and isinstance(frame.f_locals.get("n"), torch.fx.Node):
+                found = frame.f_locals["n"]  # torch.fx.Interpreter (export runs a GraphModule through one)
+            tb = tb.tb_next
+        if found is not None:
+            return _fault(found)
+    for e in _chain(exc):
+        match = re.search(r"While executing %(\w+) : .*?target=([\w.]+)", str(e))
+        if match:
+            op = match.group(2).removeprefix("torch.ops.")
+            return GraphFault(op, f"{op} (node {match.group(1)})")
+    return None
+
+
+def _model_type(loaded: LoadedModel) -> str:
+    return f"{loaded.config.model_type} ({type(loaded.model).__name__})"
+
+
+def eager_failure(exc: BaseException, what: str = "the model", inputs: Sequence[str] = ()) -> CaptureError:
+    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line;
+    `inputs` names what it was given, for a model that wants others."""
     where = _model_frame(exc)
+    given = f"; fxbench gave it {', '.join(inputs)}: try another --task, or a model folder with its tokenizer / processor" if inputs else ""
     return CaptureError(
         f"{what} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
-        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}{given}"
     )
 
 
-def capture_error(exc: BaseException, static: bool) -> CaptureError:
+def capture_error(exc: BaseException, static: bool, what: str = "the model") -> CaptureError:
+    """One line for a capture that failed: where in the model, why, and what to try."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     head = lines[0][:240] if lines else type(exc).__name__
     low = str(exc).lower()
@@ -250,7 +318,16 @@ def capture_error(exc: BaseException, static: bool) -> CaptureError:
         hint = "try --static, another --task, or --attn eager"
     where = _model_frame(exc)
     at = f" at {where}" if where else ""
-    return CaptureError(f"capture failed{at}: {type(exc).__name__}: {head}; {hint}")
+    return CaptureError(f"capture of {what} failed{at}: {type(exc).__name__}: {head}; {hint}")
+
+
+class ReexportError(CaptureError):
+    """The transformed graph would not export again, or its saved program does not run; `node`
+    says where, for the pass that made it."""
+
+    def __init__(self, message: str, node: GraphFault | None):
+        super().__init__(message)
+        self.node = node
 
 
 @contextlib.contextmanager
@@ -276,7 +353,7 @@ def _eager(loaded: LoadedModel, inputs: SampleInputs, align: Mapping[str, int]) 
         with torch.no_grad(), _capturing(loaded):
             raw = loaded.model(**inputs.tensors)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        raise eager_failure(exc) from exc
+        raise eager_failure(exc, _model_type(loaded), list(inputs.tensors)) from exc
     paths = _output_paths(raw)
     if not paths:
         raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")
@@ -368,7 +445,10 @@ def capture(
         if loaded.task == "image-text-to-text" and size is not None:
             # The sample text must hold one image's placeholder tokens, and some text after them.
             seq = max(seq, image_token_count(loaded, size) + 8)
-        inputs = make_inputs(loaded, batch, seq, image=size, use_preprocessor=use_preprocessor)
+        try:
+            inputs = make_inputs(loaded, batch, seq, image=size, use_preprocessor=use_preprocessor)
+        except CaptureError as exc:
+            raise CaptureError(f"sample inputs for {_model_type(loaded)}: {exc}") from exc
         image_dynamic = image is not None and image.dynamic and not dims.static
         audio_dynamic = audio is not None and audio.dynamic and not dims.static
         align = {n: image.multiple for n in inputs.tensors if n in ("pixel_values", "pixel_mask")} if image_dynamic and image.multiple > 1 else {}
@@ -391,7 +471,7 @@ def capture(
                     retried = True
             if retried:
                 continue
-            raise capture_error(exc, dims.static) from exc
+            raise capture_error(exc, dims.static, _model_type(loaded)) from exc
         seconds = time.perf_counter() - start
         names = tuple(n for kind, dyn in (("image", image_dynamic), ("audio", audio_dynamic)) if dyn for n in _AXIS_NAMES[kind])
         multiples = {HEIGHT: image.multiple, WIDTH: image.multiple} if image_dynamic and image else {}
@@ -425,5 +505,11 @@ def export_graph_module(module: torch.nn.Module, captured: CapturedProgram) -> E
     that it can be saved, or lowered to ONNX or AOTInductor."""
     try:
         return torch.export.export(module, (), dict(captured.inputs.tensors), dynamic_shapes=captured.dynamic_shapes, strict=False)
-    except Exception as exc:  # noqa: BLE001
-        raise capture_error(exc, captured.dims.static) from exc
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
+        node = failing_node(exc)
+        hint = "try --static" if captured.dynamic_shapes else "try a pipeline without the pass that made that op"
+        raise ReexportError(
+            f"re-export of the optimized graph of {_model_type(captured.loaded)} failed{' at ' + str(node) if node else ''}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}; {hint}",
+            node,
+        ) from exc

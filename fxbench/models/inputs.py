@@ -98,13 +98,19 @@ def forward_parameters(model: torch.nn.Module) -> list[str]:
     return list(inspect.signature(model.forward).parameters)
 
 
+def _text_config(config: Any) -> Any:
+    """The config of the text tower: the config itself, or a multimodal model's `text_config` (CLIP, SigLIP)."""
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
 def max_positions(config: Any) -> int | None:
     """The longest sequence the model's config allows (its position table), or None if it names none."""
-    config = getattr(config, "text_config", None) or config
-    for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    for cfg in (config, _text_config(config)):  # the model's own first, then its text tower's
+        for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
     return None
 
 
@@ -121,8 +127,7 @@ def dynamic_axis(name: str, lo: int, hi: int) -> Any:
 # --- text ---------------------------------------------------------------------------------------
 
 def _vocab_size(config: Any) -> int:
-    text = getattr(config, "text_config", None) or config
-    return int(getattr(text, "vocab_size", 0) or 0)
+    return int(getattr(_text_config(config), "vocab_size", 0) or 0)
 
 
 def _text_from_tokenizer(tokenizer: Any, batch: int, seq: int, offset: int = 0) -> dict[str, torch.Tensor]:
