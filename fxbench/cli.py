@@ -18,15 +18,17 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import click
 import typer
 import typer.core
 from rich.console import Console
 
-from fxbench.errors import FxbenchError
+from fxbench import interrupts
+from fxbench.errors import FxbenchError, one_line, show_traceback, verbose, write_error
 from fxbench.events import set_verbosity, verbosity
+from fxbench.task_names import task_help
 
 # ----- choices known without importing torch (tests/test_cli_conventions.py checks each against its source)
 
@@ -70,13 +72,13 @@ class _Group(typer.core.TyperGroup):
 
 
 def _usage_message(exc: Exception) -> str:
-    if isinstance(exc, _BAD_PARAMETER):  # a parser's own message names the option
-        message = exc.message  # type: ignore[attr-defined]
+    if isinstance(exc, _BAD_PARAMETER) and str(exc.message).startswith("-"):  # type: ignore[attr-defined]
+        message = exc.message  # type: ignore[attr-defined]  # a parser of ours: its message names the option
     else:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     ctx = getattr(exc, "ctx", None)
-    hint = f" (see {ctx.command_path} -h)" if ctx is not None and not isinstance(exc, _BAD_PARAMETER) else ""
-    return _one_line(message) + hint
+    hint = f"; see {ctx.command_path} --help" if ctx is not None and not isinstance(exc, _BAD_PARAMETER) else ""
+    return _one_line(message).rstrip(".") + hint
 
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -118,10 +120,44 @@ err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 out = Console(highlight=False, width=_width(sys.stdout))
 
 
-def _fail(exc: FxbenchError) -> None:
+def _fail(exc: FxbenchError) -> NoReturn:
+    show_traceback(exc)  # under -v, above the line: the error line stays the last
     # Plain print, not rich: rich wraps at the terminal width, and the error must stay one line.
     print(f"error: {_one_line(str(exc))}", file=sys.stderr)
     raise typer.Exit(exc.exit_code)
+
+
+def _fail_unforeseen(exc: Exception, stage: str | None) -> NoReturn:
+    """An exception no layer turned into an FxbenchError: still one line, naming the stage it broke."""
+    disk = write_error(exc)
+    if disk is not None:
+        disk.__cause__ = exc
+        _fail(disk)
+    show_traceback(exc)
+    more = "the traceback is above" if verbose() else "rerun with -v for the traceback"
+    print(f"error: {stage or 'fxbench'} failed: {' '.join(one_line(exc, 300).split())}; {more} "
+          f"(fxbench did not foresee this failure: please report it)", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+class _Tracked:
+    """The job's events, passed on, with the step they were in remembered for an unforeseen error."""
+
+    def __init__(self, inner: Callable[[str, str, str], None]):
+        self.inner, self.running, self.failed = inner, [], None
+
+    def __call__(self, step: str, status: str, detail: str) -> None:
+        if status == "start":
+            self.running.append(step)
+        elif status not in ("warn", "update") and step in self.running:
+            self.running.remove(step)
+            if status == "fail" and self.failed is None:
+                self.failed = step
+        self.inner(step, status, detail)
+
+    @property
+    def stage(self) -> str | None:
+        return self.failed or (self.running[-1] if self.running else None)
 
 
 class _Names:
@@ -184,8 +220,7 @@ def _flag(*decls: str, **kwargs: Any) -> Any:
 
 # model
 ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench\\[demo]).")]
-TaskOpt = Annotated[Optional[str], _Names("task", _tasks).option("--task", metavar="TASK", rich_help_panel="Model",
-                                                help="Task head to load (default: from the config's architectures).")]
+TaskOpt = Annotated[Optional[str], _Names("task", _tasks).option("--task", metavar="TASK", rich_help_panel="Model", help=task_help())]
 AttnOpt = Annotated[Optional[str], _Names("attention implementation", ATTN_NAMES).option("--attn", rich_help_panel="Model",
                                                 help="Attention implementation to load: eager or sdpa.")]
 RevisionOpt = Annotated[Optional[str], typer.Option("--revision", rich_help_panel="Model", help="Hub revision: a branch, tag or commit.")]
@@ -238,6 +273,7 @@ def _set_verbosity(quiet: bool, verbose: int) -> None:
         set_verbosity(-1)
     elif verbose:
         set_verbosity(max(verbosity(), verbose))
+        os.environ["FXBENCH_VERBOSE"] = "1"  # fxbench.errors.show_traceback: the traceback above the error line
 
 
 @contextlib.contextmanager
@@ -250,11 +286,15 @@ def _job(quiet: bool = False, verbose: int = 0) -> Iterator[Callable[[str, str, 
     from fxbench.reports.terminal import Progress  # lazily: the reports pull in torch, which --help does not need
 
     progress = Progress(err)
+    tracked = _Tracked(progress)
     try:
-        yield progress
+        yield tracked
     except FxbenchError as exc:
         progress.stop()
         _fail(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever escaped the layers is still one line
+        progress.stop()
+        _fail_unforeseen(exc, tracked.stage)
     finally:
         progress.stop()
 
@@ -363,6 +403,8 @@ def optimize(
     sample_seq: SampleSeqOpt = 16,
     batch_range: Annotated[str, typer.Option("--batch-range", rich_help_panel="Capture", help="Dynamic batch range MIN:MAX.")] = "1:64",
     seq_range: Annotated[str, typer.Option("--seq-range", rich_help_panel="Capture", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
+    image_range: Annotated[Optional[str], typer.Option("--image-range", rich_help_panel="Capture",
+                                                       help="Dynamic image height and width range MIN:MAX for vision models (default 32:2048, narrowed to what the model accepts).")] = None,
     static: Annotated[bool, _flag("--static", rich_help_panel="Capture", help="Capture with static shapes.")] = False,
     to: Annotated[Optional[str], _TARGETS_OR_NONE.option("--to", metavar="TARGETS", rich_help_panel="Artifacts",
                                               help="Artifacts to make, comma-separated (see `fxbench targets list`); none: model.pt2 only. Default: those that fit --device.")] = None,
@@ -373,6 +415,8 @@ def optimize(
     bench: Annotated[bool, _flag("--bench/--no-bench", rich_help_panel="Benchmark", help="Time every artifact against eager PyTorch and name the best.")] = True,
     batch: BatchOpt = "1",
     seq: SeqOpt = "128",
+    image_size: Annotated[Optional[str], typer.Option("--image-size", rich_help_panel="Benchmark",
+                                                      help="Image sizes to time vision models at: N or HxW, comma-separated, e.g. 224,384,640x480 (default: the capture's).")] = None,
     threads: ThreadsOpt = None,
     min_cosine: Annotated[float, typer.Option("--min-cosine", rich_help_panel="Benchmark", help="Accuracy budget of the best artifact: worst output cosine against eager fp32, at every checked shape.")] = 0.99,
     max_abs_error: Annotated[Optional[float], typer.Option("--max-abs-error", rich_help_panel="Benchmark", help="Accuracy budget: largest absolute error against eager fp32 (default: no limit).")] = None,
@@ -390,6 +434,7 @@ def optimize(
     bench_seq: Annotated[Optional[str], _hidden("--bench-seq")] = None,
     bench_time: Annotated[Optional[float], _hidden("--bench-time")] = None,
     bench_rounds: Annotated[Optional[int], _hidden("--bench-rounds")] = None,
+    bench_image_size: Annotated[Optional[str], _hidden("--bench-image-size")] = None,
 ) -> None:
     """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time
     them against eager PyTorch (interleaved rounds, one eager baseline) and write DIR/model.pt2,
@@ -399,8 +444,10 @@ def optimize(
         from fxbench.jobs import optimize as run_optimize
         from fxbench.models import DynamicDims
         from fxbench.reports.terminal import print_optimize
+        from fxbench.runtime.bench import parse_image_sizes
 
         to = target if to is None else to
+        image_size = bench_image_size if image_size is None else image_size
         warm, measure = _timing(iters, seconds if seconds is not None else bench_time, bench_rounds or rounds, warmup, warmup_time)
         edits = tuple(e for spec in (passes or []) for e in spec.split(";") if e.strip())
         seqs = _int_list(bench_seq or seq, "seq")
@@ -408,10 +455,12 @@ def optimize(
             model=model, output=output, task=task, pipeline=pipeline, passes=edits, dtype=dtype, strict=strict, force=force,
             batch=sample_batch, seq=sample_seq, attn_implementation=attn,
             load=_load_options(revision, cache_dir, token, trust_remote_code),
-            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
+            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static,
+                             image=_range(image_range, "image") if image_range else None),
             targets=None if to is None else (() if to.strip().lower() == "none" else tuple(to.split(","))),
             export=_export_options(opset, shapes, trt_precision), device=device,
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch or batch, "batch") for s in seqs),
+            bench_images=tuple(parse_image_sizes(image_size)) if image_size else (),
             warmup=warm, measure=measure, threads=threads, min_cosine=min_cosine,
             max_abs_error=float("inf") if max_abs_error is None else max_abs_error, search=search,
         )
@@ -459,6 +508,8 @@ def bench(
                                                           help="Comma-separated backend names, NAME@FILE for an artifact (see `fxbench backends list`). Default: eager, program, compile (a model) or eager plus every artifact (a folder).")] = None,
     batch: BatchOpt = "1",
     seq: SeqOpt = "128",
+    image_size: Annotated[Optional[str], typer.Option("--image-size", rich_help_panel="Benchmark",
+                                                      help="Image sizes to sweep (vision models): N or HxW, comma-separated, e.g. 224,384,640x480 (default: the capture's).")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     seconds: TimeOpt = None,
@@ -486,11 +537,11 @@ def bench(
         from fxbench.jobs import default_report_dir, run_benchmark
         from fxbench.reports.files import bench_report, write_reports
         from fxbench.reports.terminal import print_bench
-        from fxbench.runtime import shapes_from
+        from fxbench.runtime import parse_image_sizes, shapes_from
 
         warm, measure = _timing(iters, seconds, rounds, warmup, warmup_time)
         names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
-        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"))
+        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"), images=parse_image_sizes(image_size) if image_size else ())
         result = run_benchmark(
             model, names, shapes, device=device, threads=threads, task=task, events=progress, warmup=warm, measure=measure,
             load=_load_options(revision, cache_dir, token, trust_remote_code),
@@ -502,7 +553,11 @@ def bench(
         print_bench(out, result, paths["json"].parent, warnings=err)
     failed = result.failures()
     if failed:
-        err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
+        first = failed[0]
+        who = getattr(first, "label", None) or getattr(first, "backend", "")
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        print(f"error: {len(failed)} backend run(s) failed, the others were timed: {who}: {' '.join(first.reason.split())[:240]}"
+              f"{more}; {paths['json']} says why for each", file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -596,11 +651,13 @@ def inspect(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Parameters, op histogram and node counts per module of MODEL, a .pt2 file or an output folder."""
-    with _job(quiet, verbose):
+    with _job(quiet, verbose) as progress:
         from fxbench.jobs import inspect_target
         from fxbench.reports.terminal import inspection_tables
 
-        info = inspect_target(model, task=task, depth=depth)
+        if depth < 1 or top < 1:
+            raise FxbenchError(f"--depth and --top must be at least 1, not {depth} and {top}")
+        info = inspect_target(model, task=task, depth=depth, events=progress)
     if json_out:
         _json(info)
         return
@@ -615,8 +672,15 @@ def main() -> None:
     from fxbench.quiet import quiet_libraries
 
     loud = any(a in ("-v", "-vv", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in sys.argv[1:])
+    interrupts.install()
     with quiet_libraries(enabled=not loud):
-        app()
+        try:
+            app(prog_name="fxbench")
+        except (interrupts.Interrupted, KeyboardInterrupt) as exc:
+            code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
+            name = exc.name if isinstance(exc, interrupts.Interrupted) else "SIGINT"
+            print(f"error: interrupted by {name}; stopped without leaving a half-written output (exit {code})", file=sys.stderr)
+            sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ from typing import Literal
 
 __all__ = ["EventFn", "Status", "count", "no_events", "prefixed", "set_verbosity", "step", "verbosity"]
 
-Status = Literal["start", "update", "done", "fail", "skip"]
+Status = Literal["start", "update", "done", "fail", "skip", "warn"]
 
 # (step, status, detail): a step starts, may update, then ends done, failed or skipped with one line
-# saying how. A start's (and an update's) detail is the step's place in its group, "k/N" (pass 3 of
-# 6, candidate 1 of 2, round 2 of 5), or "" where there is no count. A plain callable, so that a
-# lambda or a list's append-wrapper is a listener; listeners ignore the statuses they do not know.
+# saying how; "warn" is a step's remark that does not end it (inputs made from the config: the
+# tokenizer is corrupt). A start's (and an update's) detail is the step's place in its group, "k/N"
+# (pass 3 of 6, candidate 1 of 2, round 2 of 5), or "" where there is no count. A plain callable, so
+# that a lambda or a list's append-wrapper is a listener; listeners ignore the statuses they do not know.
 EventFn = Callable[[str, Status, str], None]
 
 # How much the command line says: -1 quiet (results and errors only), 0 normal, 1 verbose (library

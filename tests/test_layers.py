@@ -13,10 +13,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fxbench"
 
-# Each layer and the fxbench layers it may import; the top-level leaves (errors, events, numerics,
-# environment, quiet) serve every layer and import none. The package face (fxbench/__init__.py)
-# imports the API on first use of fxbench.optimize / bench / export, and nothing else.
-LEAVES = {"errors", "events", "numerics", "environment", "quiet", "__init__"}
+# Each layer and the fxbench layers it may import; the top-level leaves (errors, events, interrupts,
+# numerics, environment, quiet, task_names) serve every layer and import none. The package face
+# (fxbench/__init__.py) imports the API on first use of fxbench.optimize / bench / export, and nothing else.
+LEAVES = {"errors", "events", "interrupts", "numerics", "environment", "quiet", "task_names", "__init__"}
 FACE_MAY_IMPORT = {"api"}
 MAY_IMPORT = {
     "models": set(),

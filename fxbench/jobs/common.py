@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import fxbench
-from fxbench.errors import BenchOptionError, ModelLoadError
+from fxbench.errors import BackendUnavailableError, BenchOptionError, ModelLoadError
 from fxbench.events import EventFn, no_events, step
 from fxbench.models import (
     DEMO_MODEL_ID,
@@ -36,11 +36,13 @@ __all__ = [
     "default_output_dir",
     "dims_record",
     "export_plan",
+    "input_warning",
     "load_and_capture",
     "model_record",
     "pass_context",
     "raise_for_failures",
     "report_header",
+    "require_device",
     "resolve_model_source",
 ]
 
@@ -70,6 +72,17 @@ def reload_options(model: dict[str, object], given: LoadOptions | None = None) -
     given = given or LoadOptions()
     return LoadOptions(revision=given.revision or model.get("revision"), cache_dir=given.cache_dir, token=given.token,  # type: ignore[arg-type]
                        trust_remote_code=given.trust_remote_code or bool(model.get("trust_remote_code")))
+
+
+def require_device(device: str | None) -> None:
+    """--device cuda where torch sees no GPU is one line before any model loads, not a run that
+    makes nothing for the device and ends "no artifact meets the accuracy budget"."""
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise BackendUnavailableError(
+            f"--device cuda: torch {torch.__version__} is {build}; use --device cpu, or run on a machine with a CUDA GPU "
+            f"and a CUDA build of torch"
+        )
 
 
 def raise_for_failures(failures: tuple[ExportFailure, ...]) -> None:
@@ -128,10 +141,20 @@ def load_and_capture(
                                      "hand the module to fxbench.bench() / fxbench.export() from Python")
             loaded = load_model(source, task, attn_implementation=attn_implementation, options=load)
         d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
+    if loaded.preprocessor_error:
+        events("load", "warn", input_warning(loaded))
     with step(events, "capture", timings) as d:
         captured = capture(loaded, batch=batch, seq=seq, dims=dims)
-        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}"
+        axes = captured.describe_axes()
+        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}" + (f"; {axes}" if axes else "")
     return captured
+
+
+def input_warning(loaded: LoadedModel) -> str | None:
+    """Why the sample inputs are drawn from the config though the model ships a tokenizer / processor."""
+    if not loaded.preprocessor_error:
+        return None
+    return f"{loaded.preprocessor_error}; sample inputs are drawn from the config instead (fix or remove the files)"
 
 
 def model_record(loaded: LoadedModel) -> ModelRecord:
@@ -144,9 +167,10 @@ def model_record(loaded: LoadedModel) -> ModelRecord:
 
 def report_header(captured: CapturedProgram, started: _dt.datetime) -> ReportHeader:
     """The opening of every report.json: fxbench's version, when the job started, the model, the inputs and their ranges."""
+    warning = input_warning(captured.loaded)
     return ReportHeader(
         fxbench_version=fxbench.__version__, created=started.isoformat(timespec="seconds"), model=model_record(captured.loaded),
-        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured)},
+        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured), **({"warning": warning} if warning else {})},
     )
 
 

@@ -15,8 +15,8 @@ from fxbench.errors import ExportError, FxbenchError, OutputExistsError
 from fxbench.events import EventFn, no_events, step
 from fxbench.exporters import Artifact, load_program
 from fxbench.jobs.common import default_output_dir, export_plan, load_and_capture, raise_for_failures, reload_options, report_header
-from fxbench.jobs.common import resolve_device, resolve_model_source
-from fxbench.jobs.folders import check_output_dir, saved_program, staged_directory
+from fxbench.jobs.common import require_device, resolve_device, resolve_model_source
+from fxbench.jobs.folders import check_output_dir, output_lock, saved_program, staged_directory
 from fxbench.models import DynamicDims, LoadedModel, LoadOptions
 from fxbench.numerics import Tolerance
 from fxbench.reports.files import write_optimize_reports
@@ -53,7 +53,7 @@ class ExportResult:
 
 
 def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
-    """The DynamicDims that reproduce a report's recorded ranges (batch, seq; decoder_seq follows seq)."""
+    """The DynamicDims that reproduce a report's recorded ranges (batch, seq, image sides; decoder_seq follows seq)."""
     if not dynamic:
         return DynamicDims(static=True)
     ranges: dict[str, tuple[int, int]] = {}
@@ -61,7 +61,10 @@ def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
         for dim in spec.values():
             ranges.setdefault(dim["name"], (int(dim["min"]), int(dim["max"])))
     defaults = DynamicDims()
-    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)))
+    sides = [ranges[n] for n in ("height", "width") if n in ranges]
+    image = (min(lo for lo, _ in sides), max(hi for _, hi in sides)) if sides else None
+    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)),
+                       image=image, audio=ranges.get("samples", ranges.get("frames", defaults.audio)))
 
 
 def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str, float],
@@ -73,19 +76,23 @@ def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str,
     report_path = program_path.parent / "report.json"
     if not report_path.is_file():
         raise ExportError(f"no report.json beside {program_path} to name the model it came from; export from the model instead")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{report_path} is unreadable ({exc}); run fxbench optimize again") from exc
     model, inputs = report.get("model") or {}, report.get("inputs") or {}
     program_record = next((a for a in report.get("artifacts", []) if a.get("kind") == "program"), None)
     if not model.get("source") or program_record is None:
         raise ExportError(f"{report_path} is not an fxbench optimize report (no model source or program record)")
+    # The program first: a truncated model.pt2 is one line before minutes of loading the model.
+    with step(events, "load program", timings) as d:
+        program = load_program(program_path)
+        d["detail"] = f"{program_path.name}, {program_record.get('precision', 'fp32')}"
     captured = load_and_capture(
         model["source"], task=model.get("task"), batch=int(inputs.get("batch") or 2), seq=int(inputs.get("seq") or 16),
         dims=_dims_from_record(inputs.get("dynamic") or {}), attn_implementation=model.get("attn_implementation"),
         events=events, timings=timings, load=reload_options(model, load),
     )
-    with step(events, "load program", timings) as d:
-        program = load_program(program_path)
-        d["detail"] = f"{program_path.name}, {program_record.get('precision', 'fp32')}"
     parity = report.get("parity") or {}
     tolerance = parity.get("tolerance")
     subject = ExportSubject(
@@ -131,6 +138,7 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
             folder_device = json.loads((program_path.parent / "report.json").read_text(encoding="utf-8")).get("device")
         options = dataclasses.replace(options, device=resolve_device(request.device, folder_device))
     targets, options = export_plan(request.targets, options)
+    require_device(options.device)
     onnx_file = target_file("onnx", options.device)
     timings: dict[str, float] = {}
     in_place, reusable, source_report = False, False, None
@@ -138,6 +146,12 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
         folder = program_path.parent
         out_dir = Path(request.output) if request.output else folder
         in_place = out_dir.exists() and out_dir.resolve() == folder.resolve()
+    else:
+        source: str | LoadedModel = request.source if isinstance(request.source, LoadedModel) else resolve_model_source(request.source)
+        name = source.name if isinstance(source, LoadedModel) else source
+        out_dir = Path(request.output) if request.output else default_output_dir(name)
+    # The output's lock is taken before loading: a second run into the same folder stops at once.
+    with output_lock(out_dir):
         if in_place:
             taken = [f for f in target_files(targets, options.device) if (folder / f).exists()]
             # A model.onnx already made is reused by the targets that build on it, not replaced.
@@ -147,34 +161,30 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
                 raise OutputExistsError(f"{folder} already has {', '.join(taken)}; pass --force to replace it")
         else:
             check_output_dir(out_dir, request.force)
-        subject, source_report = _subject_from_folder(program_path, events, timings, request.load)
-    else:
-        source: str | LoadedModel = request.source if isinstance(request.source, LoadedModel) else resolve_model_source(request.source)
-        name = source.name if isinstance(source, LoadedModel) else source
-        out_dir = Path(request.output) if request.output else default_output_dir(name)
-        check_output_dir(out_dir, request.force)
-        dims = DynamicDims(static=True) if isinstance(source, LoadedModel) and source.example_inputs is not None and not _batched(source) else DynamicDims()
-        captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=dims,
-                                    attn_implementation=None, events=events, timings=timings, load=request.load)
-        subject = ExportSubject(captured.exported, captured, captured.output_names)
-
-    started = _dt.datetime.now(_dt.timezone.utc)
-    with staged_directory(out_dir, request.force, add_to=in_place) as staging:
-        made = export_artifacts(subject, targets, staging, options, events, onnx_path=out_dir / onnx_file if reusable else None)
-        if not made.artifacts:
-            raise_for_failures(made.failures)
-        report: OptimizeReport | ExportReport
-        if in_place:
-            assert source_report is not None
-            report = _add_records(source_report, made, out_dir / "report.json")
+        if program_path is not None:
+            subject, source_report = _subject_from_folder(program_path, events, timings, request.load)
         else:
-            report = ExportReport(
-                header=report_header(subject.captured, started),
-                source={"program": str(program_path) if program_path else None, "passes": source_report is not None},
-                artifacts=tuple(made.artifacts), export_failures=tuple(made.failures),
-                environment=collect_environment(sys.argv), seconds=dict(timings),
-            )
-        write_optimize_reports(report, staging)  # report.json, .md and .html: rewritten together when added to a folder
+            batched = not isinstance(source, LoadedModel) or source.example_inputs is None or _batched(source)
+            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims() if batched else DynamicDims(static=True),
+                                        attn_implementation=None, events=events, timings=timings, load=request.load)
+            subject = ExportSubject(captured.exported, captured, captured.output_names)
+        started = _dt.datetime.now(_dt.timezone.utc)
+        with staged_directory(out_dir, request.force, add_to=in_place) as staging:
+            made = export_artifacts(subject, targets, staging, options, events, onnx_path=out_dir / onnx_file if reusable else None)
+            if not made.artifacts:
+                raise_for_failures(made.failures)
+            report: OptimizeReport | ExportReport
+            if in_place:
+                assert source_report is not None
+                report = _add_records(source_report, made, out_dir / "report.json")
+            else:
+                report = ExportReport(
+                    header=report_header(subject.captured, started),
+                    source={"program": str(program_path) if program_path else None, "passes": source_report is not None},
+                    artifacts=tuple(made.artifacts), export_failures=tuple(made.failures),
+                    environment=collect_environment(sys.argv), seconds=dict(timings),
+                )
+            write_optimize_reports(report, staging)  # report.json, .md and .html: rewritten together when added to a folder
     return ExportResult(out_dir, report, made.artifacts, made.failures, timings)
 
 
