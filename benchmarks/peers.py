@@ -196,6 +196,23 @@ def ort_recipe(
 # ----- CTranslate2
 
 
+def _ct2_source(model_dir: Path, work: Path) -> tuple[Path, str]:
+    """The folder to convert, and what was patched. CTranslate2's BERT loader reads
+    `config.position_embedding_type`, which transformers 5 no longer writes for BertConfig (absolute
+    is implied); without it the converter fails, so such a folder is converted through a copy whose
+    config says "absolute" (weights linked, not copied)."""
+    config = _config(model_dir)
+    if config.get("model_type") != "bert" or "position_embedding_type" in config:
+        return model_dir, ""
+    copy = work / "hf-for-ct2"
+    copy.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name != "config.json" and not (copy / f.name).exists():
+            (copy / f.name).symlink_to(f.resolve())
+    (copy / "config.json").write_text(json.dumps({**config, "position_embedding_type": "absolute"}, indent=2), encoding="utf-8")
+    return copy, "position_embedding_type='absolute' added to config.json (transformers 5 omits it)"
+
+
 def ctranslate2_int8(model_dir: Path, work: Path, *, threads: int = 2, compute_type: str = "int8") -> Peer:
     """CTranslate2's converter on the Hugging Face folder (weights stored int8), run by
     `ctranslate2.Encoder(compute_type="int8", intra_threads=threads)`: per-row int8 weights,
@@ -207,9 +224,10 @@ def ctranslate2_int8(model_dir: Path, work: Path, *, threads: int = 2, compute_t
         raise PeerUnavailable("ctranslate2 is not installed (pip install -e '.[peers]')") from None
     start = time.perf_counter()
     out = Path(work) / "ct2-int8"
+    source, patched = _ct2_source(Path(model_dir), Path(work))
     try:
         with _quiet_ort(), contextlib.redirect_stderr(io.StringIO()):
-            ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), quantization="int8", force=True)
+            ctranslate2.converters.TransformersConverter(str(source)).convert(str(out), quantization="int8", force=True)
     except Exception as exc:  # noqa: BLE001 - the converter raises bare errors for unsupported models; one line says why
         raise PeerUnavailable(f"ctranslate2 {ctranslate2.__version__} cannot convert {Path(model_dir).name}: {' '.join(str(exc).split())[:200]}") from exc
     encoder = ctranslate2.Encoder(str(out), device="cpu", compute_type=compute_type, intra_threads=threads, inter_threads=1)
@@ -237,6 +255,7 @@ def ctranslate2_int8(model_dir: Path, work: Path, *, threads: int = 2, compute_t
         artifacts=files,
         bind=bind,
         details={"converter": "ctranslate2.converters.TransformersConverter(quantization='int8')", "compute_type": compute_type,
+                 **({"config_patched": patched} if patched else {}),
                  "intra_threads": threads, "ctranslate2": ctranslate2.__version__,
                  "bytes": sum(p.stat().st_size for p in files)},
         seconds=time.perf_counter() - start,
