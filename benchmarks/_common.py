@@ -14,11 +14,9 @@ from typing import Any
 
 from fxbench.exporters import ExportOptions, read_artifacts
 from fxbench.models import CapturedProgram
-from fxbench.runtime import Backend, BenchResult, Measure, Warmup, best_artifact, render_markdown, render_table
-from fxbench.runtime.backends import folder_backends
-from fxbench.runtime.bench import Shape, shapes_from
-from fxbench.runtime.report import jsonable
-from fxbench.runtime.workflow import OptimizeRequest, optimize_captured
+from fxbench.jobs import OptimizeRequest, optimize_captured
+from fxbench.reports import jsonable, render_markdown, render_table
+from fxbench.runtime import Backend, BenchResult, Measure, Shape, Warmup, best_artifact, folder_backends, shapes_from
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -22,7 +22,8 @@ import transformers
 from _common import backend_summary, command, fastest, fxbench_backends, parse_args, save, settings, shapes
 
 from fxbench.models import capture, demo_model_path, load_model
-from fxbench.runtime import Backend, run_benchmark
+from fxbench.jobs import run_benchmark
+from fxbench.runtime import Backend
 
 
 def bert_base(folder: Path) -> Path:

@@ -19,7 +19,8 @@ from _common import backend_summary, command, fastest, fxbench_backends, parse_a
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from fxbench.models import demo_model_path
-from fxbench.runtime import Backend, OptimizeRequest, optimize, run_benchmark
+from fxbench.jobs import OptimizeRequest, optimize, run_benchmark
+from fxbench.runtime import Backend
 
 MIN_AGREEMENT = 0.99  # mean cosine of the mean-pooled sentence embeddings against eager fp32
 TARGET_SPEEDUP = 2.5

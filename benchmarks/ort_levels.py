@@ -30,7 +30,7 @@ from fxbench.exporters.onnx import OnnxRunner, export_onnx
 from fxbench.exporters.onnx_ort import ORT_LEVELS, optimize_offline
 from fxbench.models import capture, demo_model_path, load_model
 from fxbench.numerics import compare
-from fxbench.runtime.report import write_json
+from fxbench.reports import write_json
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
     captured = capture(load_model(source))
     subject = ExportSubject(captured.exported, captured, captured.output_names)
     work = Path(tempfile.mkdtemp(prefix="ort_levels."))
-    export_onnx(subject, work, build_checks(subject))
+    exported = work / export_onnx(subject, work, build_checks(subject)).file
     inputs = captured.make_inputs(args.batch, args.seq, seed=0).tensors
     reference = captured.run_eager(inputs)
 
@@ -57,7 +57,7 @@ def main() -> None:
     for fusions in (False, True):
         for level in ORT_LEVELS:
             path = work / f"{'fused' if fusions else 'plain'}-{level}.onnx"
-            result = optimize_offline(work / "model.onnx", path, level=level, fusions=fusions)
+            result = optimize_offline(exported, path, level=level, fusions=fusions)
             options = ort.SessionOptions()
             options.graph_optimization_level = ORT_LEVELS["disable"]
             options.intra_op_num_threads = args.threads

@@ -1,19 +1,19 @@
-"""The `fxbench` command line: typer commands over models, passes, exporters and runtime."""
+"""The `fxbench` command line: typer commands that parse arguments, call a job and print its report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from fxbench.errors import FxbenchError
 
@@ -53,37 +53,6 @@ def _fail(exc: FxbenchError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-class _Progress:
-    """Step lines on stderr: a spinner while a step runs, a tick and its detail when it ends."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.started: dict[str, float] = {}
-        self.status = None
-
-    def __call__(self, step: str, status: str, detail: str) -> None:
-        if not self.enabled:
-            return
-        if status == "start":
-            self.started[step] = time.perf_counter()
-            if self.status is None:
-                self.status = err.status(f"{step}...")
-                self.status.start()
-            else:
-                self.status.update(f"{step}...")
-            return
-        seconds = time.perf_counter() - self.started.pop(step, time.perf_counter())
-        if status == "fail":
-            detail = ""  # the error line that follows says why
-        mark = {"done": "[green]✓[/]", "skip": "[yellow]-[/]"}.get(status, "[red]✗[/]")
-        err.print(f"{mark} {step:<40} {detail}  [dim]{seconds:.1f}s[/]")
-
-    def stop(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
-
 def _range(text: str, what: str) -> tuple[int, int]:
     try:
         lo, hi = (int(v) for v in text.replace("-", ":").split(":"))
@@ -101,10 +70,50 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="Device the artifacts a
 
 
 def _export_options(opset: int | None, shapes: str | None, device: str, trt_precision: str | None = None):  # noqa: ANN202
-    from fxbench.exporters.targets import ExportOptions  # lazily: it loads onnx and onnxruntime
+    from fxbench.exporters.export import ExportOptions  # lazily: it loads onnx and onnxruntime
 
     return ExportOptions(device=device, shapes=shapes, tensorrt_precision=trt_precision,
                          **({"opset": opset} if opset is not None else {}))
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FxbenchError(f"bad --{what} {text!r}; expected comma-separated integers such as 1,8,32") from None
+
+
+@contextlib.contextmanager
+def _steps() -> Iterator[Callable[[str, str, str], None]]:
+    """The job's step lines on stderr while the block runs; a user error in it is one line and the exit."""
+    from fxbench.reports.terminal import Progress  # lazily: the reports pull in torch, which --help does not need
+
+    progress = Progress(err)
+    try:
+        yield progress
+    except FxbenchError as exc:
+        progress.stop()
+        _fail(exc)
+    finally:
+        progress.stop()
+
+
+def _json(record: object) -> None:
+    from fxbench.reports.files import jsonable
+
+    print(json.dumps(jsonable(record), indent=2))
+
+
+def _finish(result: Any, json_out: bool, show: Callable[[], None]) -> None:
+    """A job's report (JSON or tables), then the exit its failed targets call for (the rest are written)."""
+    if json_out:
+        _json(result.report)
+    else:
+        show()
+    try:
+        result.raise_for_failures()
+    except FxbenchError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -139,13 +148,13 @@ def optimize(
 ) -> None:
     """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time
     them against eager PyTorch and write DIR/model.pt2, the artifacts and report.json/.md/.html."""
+    from fxbench.jobs import OptimizeRequest, default_device
+    from fxbench.jobs import optimize as run_optimize
     from fxbench.models import DynamicDims
+    from fxbench.reports.terminal import print_optimize
     from fxbench.runtime.harness import Measure
-    from fxbench.runtime.workflow import OptimizeRequest
-    from fxbench.runtime.workflow import optimize as run_optimize
 
-    progress = _Progress(enabled=True)
-    try:
+    with _steps() as progress:
         edits = tuple(e for spec in (passes or []) for e in spec.split(";") if e.strip())
         seqs = _int_list(bench_seq, "bench-seq")
         request = OptimizeRequest(
@@ -153,43 +162,13 @@ def optimize(
             batch=batch, seq=seq, attn_implementation=attn,
             dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
             targets=None if target is None else (() if target.strip().lower() == "none" else tuple(target.split(","))),
-            export=_export_options(opset, shapes, device or _default_device()),
+            export=_export_options(opset, shapes, device or default_device()),
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch, "bench-batch") for s in seqs),
             measure=Measure(seconds=bench_time, rounds=bench_rounds), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
             search=search,
         )
         result = run_optimize(request, events=progress)
-    except FxbenchError as exc:
-        progress.stop()
-        _fail(exc)
-    finally:
-        progress.stop()
-    if json_out:
-        from fxbench.runtime.report import jsonable
-
-        print(json.dumps(jsonable(result.report), indent=2))
-    else:
-        from fxbench.runtime.optimize_report import summary_lines
-
-        _print_pass_table(result.report["passes"])
-        if len(result.report["artifacts"]) > 1:
-            _print_artifact_table(result.report["artifacts"])
-        if result.bench is not None:
-            from fxbench.runtime.bench_report import render_table
-
-            out.print(render_table(result.bench))
-        if result.report.get("search"):
-            _print_search_table(result.report["search"])
-        for line in summary_lines(result.report)[3:]:
-            out.print(line)
-        files = ["model.pt2", *(a["file"] for a in result.report["artifacts"][1:]), "report.json", "report.md"]
-        if result.bench is not None:
-            files.append("report.html")
-        out.print(f"[bold]{result.output_dir}[/]: {', '.join(files)}")
-    try:
-        result.raise_for_failures()  # the other artifacts are written; the exit says some failed
-    except FxbenchError as exc:
-        _fail(exc)
+    _finish(result, json_out, lambda: print_optimize(out, result.report, result.output_dir))
 
 
 @app.command()
@@ -206,119 +185,30 @@ def export(
     json_out: JsonOpt = False,
 ) -> None:
     """Export MODEL (or a saved optimized program) to deployable artifacts, each checked against eager PyTorch."""
-    from fxbench.runtime.workflow import ExportRequest
-    from fxbench.runtime.workflow import export as run_export
+    from fxbench.jobs import ExportRequest
+    from fxbench.jobs import export as run_export
+    from fxbench.reports.terminal import print_export
 
-    progress = _Progress(enabled=True)
-    try:
+    with _steps() as progress:
         request = ExportRequest(source=model, targets=tuple(to.split(",")), output=output,
                                 options=_export_options(opset, shapes, device, trt_precision), force=force, task=task)
         result = run_export(request, events=progress)
-    except FxbenchError as exc:
-        progress.stop()
-        _fail(exc)
-    finally:
-        progress.stop()
-    if json_out:
-        from fxbench.runtime.report import jsonable
-
-        print(json.dumps(jsonable(result.report), indent=2))
-    else:
-        _print_artifact_table([a.to_dict() for a in result.artifacts])
-        out.print(f"[bold]{result.output_dir}[/]: {', '.join(a.file for a in result.artifacts)} + report.json")
-    try:
-        result.raise_for_failures()
-    except FxbenchError as exc:
-        _fail(exc)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _print_search_table(candidates: list[dict]) -> None:
-    table = Table(title="search", title_justify="left")
-    for col in ("pipeline", "status", "precision", "best", "median ms", "speedup", "worst cosine"):
-        table.add_column(col, justify="right" if col in ("median ms", "speedup", "worst cosine") else "left")
-    for c in candidates:
-        best = c.get("best") or {}
-        table.add_row(
-            str(c["pipeline"]), c["status"] if not c.get("error") else f"[red]failed[/]: {c['error'][:60]}", str(c.get("precision") or "-"),
-            best.get("backend", "-"), f"{best['median_ms']:.2f}" if best else "-",
-            f"{best['speedup']:.2f}x" if best.get("speedup") else "-", f"{best['worst_cosine']:.6f}" if best else "-",
-        )
-    out.print(table)
-
-
-def _print_artifact_table(artifacts: list[dict]) -> None:
-    table = Table(title="artifacts", title_justify="left")
-    for col in ("kind", "file", "device", "precision", "checks", "cosine", "max rel err", "MiB", "s"):
-        table.add_column(col, justify="right" if col in ("cosine", "max rel err", "MiB", "s") else "left")
-    for a in artifacts:
-        parity = a.get("parity") or {}
-        size = a.get("details", {}).get("bytes")
-        table.add_row(
-            a["kind"], a["file"], a["device"], a["precision"], ", ".join(parity) or "-",
-            f"{min(p['cosine'] for p in parity.values()):.6f}" if parity else "-",
-            f"{max(p['max_rel_error'] for p in parity.values()):.2e}" if parity else "-",
-            f"{size / 2**20:.1f}" if size else "-", f"{a.get('seconds', 0.0):.1f}",
-        )
-    out.print(table)
-
-
-def _print_pass_table(records: list[dict]) -> None:
-    table = Table(title="passes", title_justify="left")
-    for col in ("pass", "status", "nodes", "op changes", "cosine", "max abs err", "s"):
-        table.add_column(col, justify="right" if col in ("nodes", "cosine", "max abs err", "s") else "left")
-    for r in records:
-        delta = ", ".join(f"{op.removeprefix('aten.').removesuffix('.default')} {d:+d}" for op, d in list(r["op_delta"].items())[:4])
-        if len(r["op_delta"]) > 4:
-            delta += ", ..."
-        par = r["parity"]
-        style = {"applied": "green", "unchanged": "dim", "rolled-back": "yellow", "failed": "red"}[r["status"]]
-        table.add_row(
-            r["name"], f"[{style}]{r['status']}[/]", f"{r['nodes_before']}→{r['nodes_after']}", delta or "-",
-            f"{par['cosine']:.6f}" if par else "-", f"{par['max_abs_error']:.2e}" if par else "-",
-            f"{r['seconds'] + r['verify_seconds']:.2f}",
-        )
-        if r["message"]:
-            table.add_row("", f"[{style}]{r['message'][:100]}[/]", "", "", "", "", "")
-    out.print(table)
+    _finish(result, json_out, lambda: print_export(out, result.artifacts, result.output_dir))
 
 
 @passes_app.command("list")
 def passes_list(json_out: JsonOpt = False) -> None:
     """Every registered pass: name, summary, options, built-in or plugin; and the pipelines."""
-    from fxbench.passes import PIPELINES, available_passes, option_help
-    from fxbench.passes.registry import plugin_errors
+    from fxbench.jobs import pass_catalog
+    from fxbench.reports.terminal import catalog_tables
 
-    rows = []
-    for name, info in available_passes().items():
-        cls = info.cls
-        rows.append({
-            "name": name, "summary": cls.summary(), "origin": info.origin, "precision": cls.precision,
-            "options": [{"name": n, "type": t, "default": d} for n, t, d in option_help(cls)],
-        })
+    catalog = pass_catalog()
     if json_out:
-        pipelines = {p.name: {"summary": p.summary, "passes": list(p.passes), "device": p.device} for p in PIPELINES.values()}
-        print(json.dumps({"passes": rows, "pipelines": pipelines, "plugin_errors": plugin_errors()}, indent=2))
+        _json(catalog)
         return
-    table = Table(title="passes", title_justify="left")
-    for col in ("name", "summary", "options", "origin"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        opts = "\n".join(f"{o['name']}: {o['type']} = {o['default']}" for o in r["options"]) or "-"
-        table.add_row(r["name"], r["summary"], opts, r["origin"])
-    out.print(table)
-    pt = Table(title="pipelines", title_justify="left")
-    for col in ("name", "summary", "passes"):
-        pt.add_column(col, overflow="fold")
-    for p in PIPELINES.values():
-        pt.add_row(p.name, p.summary, " → ".join(p.passes))
-    out.print(pt)
-    for name, error in plugin_errors().items():
+    for table in catalog_tables(catalog):
+        out.print(table)
+    for name, error in catalog.plugin_errors.items():
         err.print(f"[yellow]plugin {name} failed to load:[/] {error}")
 
 
@@ -332,37 +222,20 @@ def inspect(
     json_out: JsonOpt = False,
 ) -> None:
     """Parameters, op histogram and node counts per module of MODEL, a .pt2 file or an output folder."""
-    from fxbench.runtime.inspection import inspect_target
+    from fxbench.jobs import inspect_target
+    from fxbench.reports.terminal import inspection_tables
 
     try:
         info = inspect_target(model, task=task, depth=depth)
     except FxbenchError as exc:
         _fail(exc)
     if json_out:
-        print(json.dumps(info.to_dict(), indent=2))
+        _json(info)
         return
-    out.print(f"[bold]{info.source}[/]: {info.parameters:,} parameters, {info.nodes} nodes")
-    hist = Table(title="ops", title_justify="left")
-    hist.add_column("op")
-    hist.add_column("count", justify="right")
-    for op, count in list(info.op_histogram.items())[:top]:
-        hist.add_row(op, str(count))
-    out.print(hist)
-    mods = Table(title=f"nodes per module (depth {depth})", title_justify="left")
-    mods.add_column("module")
-    mods.add_column("nodes", justify="right")
-    for mod, count in info.nodes_per_module.items():
-        mods.add_row(mod, str(count))
-    out.print(mods)
+    for part in inspection_tables(info, depth, top):
+        out.print(part)
     if graph:
         out.print(info.graph.print_readable(print_output=False), markup=False)
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise FxbenchError(f"bad --{what} {text!r}; expected comma-separated integers such as 1,8,32") from None
 
 
 @app.command()
@@ -384,24 +257,15 @@ def bench(
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark backends on the same inputs over a batch x sequence sweep, checked against eager fp32."""
-    from fxbench.runtime.backends import BACKENDS
+    from fxbench.jobs import default_report_dir, run_benchmark
+    from fxbench.reports.files import write_reports
+    from fxbench.reports.terminal import backends_table, render_table
+    from fxbench.runtime import BACKENDS, Measure, Warmup, shapes_from
 
     if list_backends:
-        table = Table(title="backends", title_justify="left")
-        for col in ("name", "runs", "devices", "artifact"):
-            table.add_column(col, overflow="fold")
-        for spec in BACKENDS.values():
-            art = "/".join(spec.artifacts) + (" (required)" if spec.needs_artifact else " (optional)") if spec.artifacts else "-"
-            table.add_row(spec.name, spec.summary, ", ".join(spec.devices), art)
-        out.print(table)
+        out.print(backends_table(list(BACKENDS.values())))
         return
-    from fxbench.runtime.bench import default_report_dir, run_benchmark, shapes_from
-    from fxbench.runtime.bench_report import render_table, write_reports
-    from fxbench.runtime.harness import Measure, Warmup
-    from fxbench.runtime.report import jsonable
-
-    progress = _Progress(enabled=True)
-    try:
+    with _steps() as progress:
         if iters is not None and seconds is not None:
             raise FxbenchError("give --iters or --time, not both")
         names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
@@ -412,17 +276,12 @@ def bench(
             warmup=Warmup(iters=warmup, seconds=warmup_time, max_seconds=max(120.0, warmup_time)), measure=measure,
         )
         paths = write_reports(result, output or default_report_dir(model, result))
-    except FxbenchError as exc:
-        progress.stop()
-        _fail(exc)
-    finally:
-        progress.stop()
     if json_out:
-        print(json.dumps(jsonable(result.to_dict()), indent=2))
+        _json(result)
     else:
         out.print(render_table(result))
         out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md, report.html")
-    failed = [m for m in result.measurements if m.status == "failed"] + [b for b in result.backends if b.status == "failed"]
+    failed = result.failures()
     if failed:
         err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
         raise typer.Exit(1)

@@ -12,6 +12,9 @@ __all__ = [
     "OutputExistsError",
     "ExportError",
     "BackendUnavailableError",
+    "UnknownBackendError",
+    "ArtifactMissingError",
+    "BenchOptionError",
 ]
 
 
@@ -51,3 +54,15 @@ class ExportError(FxbenchError):
 
 class BackendUnavailableError(FxbenchError):
     pass
+
+
+class UnknownBackendError(FxbenchError):
+    """A backend name that is not in the registry (`fxbench bench --list`)."""
+
+
+class ArtifactMissingError(FxbenchError):
+    """A backend was pointed at an artifact file that is not there."""
+
+
+class BenchOptionError(FxbenchError):
+    """A benchmark or optimize option out of range (device, threads, shapes, budgets, timing)."""

@@ -220,7 +220,7 @@ def test_without_tensorrt_or_gpu_the_target_says_so_and_does_no_work(captured, t
 def test_engine_builds_matches_eager_and_reuses_the_timing_cache(captured, tmp_path):
     cp = captured("bert")
     subject = ExportSubject(cp.exported, cp, cp.output_names)
-    from fxbench.exporters.targets import ExportOptions
+    from fxbench.exporters.export import ExportOptions
 
     options = ExportOptions(shapes="input_ids:1x16,4x40,8x64", timing_cache=tmp_path / "timing.cache")
     first = export_artifacts(subject, ["tensorrt"], tmp_path / "a", options)

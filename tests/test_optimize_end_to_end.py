@@ -10,7 +10,7 @@ import pytest
 
 from fxbench.errors import FxbenchError
 from fxbench.runtime.harness import Measure, Warmup
-from fxbench.runtime.workflow import OptimizeRequest, optimize, optimize_captured
+from fxbench.jobs import OptimizeRequest, optimize, optimize_captured
 
 # Short timing: these tests prove the plumbing, the benchmarks measure.
 QUICK = dict(warmup=Warmup(iters=2, seconds=0.0, window=2, max_seconds=5.0), measure=Measure(iters=5), bench_shapes=((1, 32),))
@@ -65,14 +65,14 @@ def test_no_artifact_within_budget_is_said_not_hidden(captured, tmp_path):
     )
     assert result.pipeline.precision == "int8"
     assert all(b.status == "ok" for b in result.bench.backends)
-    assert result.best is None and result.report["best"] is None
+    assert result.best is None and result.report_json["best"] is None
     assert "best artifact: none meets the accuracy budget" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
     out = tmp_path / "s"
     result = optimize_captured(captured("bert"), OptimizeRequest(output=out, targets=("onnx-ort",), search=True, **QUICK))
-    report = result.report
+    report = result.report_json
     assert [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
     assert all(c["status"] == "ok" and c["best"] is not None for c in report["search"])
     fastest = min(report["search"], key=lambda c: c["best"]["median_ms"])

@@ -21,7 +21,8 @@ from fxbench.passes import (
     replace_outputs,
     run_pipeline,
 )
-from fxbench.passes.registry import _convert, parse_options, register_pass
+from fxbench.passes import registry
+from fxbench.passes.registry import ENTRY_POINT_GROUP, _convert, builtin_modules, parse_options, register_pass
 
 aten = torch.ops.aten
 
@@ -88,12 +89,9 @@ def test_builtin_passes_are_registered_with_summaries():
         get_pass("remove-noop")
 
 
-# One pass per file, named verb_object after the pass (STYLE.md): the whole built-in library.
-PASS_MODULES = (
-    "drop_layers", "eliminate_common_subexpressions", "eliminate_dead_code", "extract", "fold_batchnorm", "fold_constants",
-    "fuse_attention", "merge_qkv", "prune_heads", "quantize_fp8", "quantize_int8_dynamic", "quantize_int8_static",
-    "quantize_int8_weight_only", "remove_noops", "replace_op", "to_bf16", "to_fp16",
-)
+# One pass per file, named verb_object after the pass (STYLE.md): the whole built-in library, as
+# the registry finds it (a new pass is a new file and nothing else).
+PASS_MODULES = tuple(builtin_modules())
 
 
 def test_one_pass_per_file_named_after_its_module():
@@ -103,7 +101,7 @@ def test_one_pass_per_file_named_after_its_module():
 
     modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__)
                      if not m.name.startswith("_") and m.name not in ("base", "registry", "pipelines", "runner", "patterns"))
-    assert tuple(modules) == PASS_MODULES
+    assert tuple(modules) == PASS_MODULES and len(PASS_MODULES) >= 17
     builtins = {name: info for name, info in available_passes().items() if info.origin == "built-in"}
     by_module = {info.cls.__module__.rsplit(".", 1)[-1]: name for name, info in builtins.items()}
     assert len(by_module) == len(builtins)  # no module registers two passes
@@ -258,3 +256,99 @@ def test_surgery_rebases_the_reference_for_later_passes(captured):
     assert dce.status == "applied"  # the pooler became dead code
     assert result.rebased and result.parity.max_abs_error == 0.0
     assert len(result.module(**cp.inputs.tensors)) == 1
+
+
+# ----- a new pass touches one file; plugins load by name ---------------------------------------
+
+_THROWAWAY = '''"""A pass that exists only in a test: tanh(x) as 2 * sigmoid(2x) - 1."""
+
+import torch
+
+from fxbench.passes import FxbenchPass, PassResult, register_pass
+from fxbench.passes.patterns import find, inline
+
+aten = torch.ops.aten
+
+
+def _tanh(x):
+    return aten.tanh.default(x)
+
+
+def _via_sigmoid(x):
+    return aten.sub.Tensor(aten.mul.Tensor(aten.sigmoid.default(aten.mul.Tensor(x, 2.0)), 2.0), 1.0)
+
+
+@register_pass("expand-tanh")
+class ExpandTanh(FxbenchPass):
+    """Rewrite tanh(x) as 2 * sigmoid(2x) - 1."""
+
+    def call(self, gm):
+        matches = find(gm, _tanh)
+        for match in matches:
+            inline(gm, _via_sigmoid, match.values, match)
+        return PassResult(gm, bool(matches))
+'''
+
+
+def test_a_new_pass_is_one_file_that_pipelines_find_and_verify(tmp_path, monkeypatch, captured):
+    import sys
+
+    import fxbench.passes as package
+
+    (tmp_path / "expand_tanh.py").write_text(_THROWAWAY, encoding="utf-8")
+    # The file is all there is: put its folder beside fxbench/passes/ and forget it afterwards.
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.setattr(package, "expand_tanh", None, raising=False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_tried", set(registry._tried))
+    monkeypatch.setitem(sys.modules, "fxbench.passes.expand_tanh", None)  # so that its import is undone after the test
+    del sys.modules["fxbench.passes.expand_tanh"]
+
+    assert "expand_tanh" in builtin_modules()
+    assert get_pass("expand-tanh").__module__ == "fxbench.passes.expand_tanh"
+    assert available_passes()["expand-tanh"].origin == "built-in"
+    passes = build_passes("O1", ["expand-tanh"])  # an fp32 transform: after remove-noops, before the clean-up
+    assert [p.name for p in passes] == ["remove-noops", "expand-tanh", "eliminate-common-subexpressions", "eliminate-dead-code"]
+    cp = captured("bert")
+    result = _run(cp.graph_module(), cp, passes)
+    rec = result.records[1]
+    assert rec.status == "applied", rec.message
+    assert rec.op_delta["aten.tanh.default"] == -1 and rec.op_delta["aten.sigmoid.default"] == 1
+    assert rec.parity.cosine > 0.99999
+    # The pattern route gives new nodes example values, which the passes after them read.
+    new = [n for n in result.module.graph.nodes if n.op == "call_function" and n.target == aten.sigmoid.default]
+    assert new and all(isinstance(n.meta.get("val"), torch.Tensor) for n in new)
+    assert not create_pass("expand-tanh")(result.module).modified
+
+
+def test_plugins_are_imported_by_entry_point_name(tmp_path, monkeypatch):
+    import importlib.metadata
+    import sys
+
+    (tmp_path / "fxbench_test_plugin_a.py").write_text(
+        "from fxbench.passes import FxbenchPass, PassResult\n\n\n"
+        "class PlugA(FxbenchPass):\n    \"\"\"Does nothing.\"\"\"\n\n    def call(self, gm):\n        return PassResult(gm, False)\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "fxbench_test_plugin_b.py").write_text("raise RuntimeError('plugin b is broken')\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = {name: importlib.metadata.EntryPoint(name, f"fxbench_test_plugin_{name[-1]}:Plug{name[-1].upper()}", ENTRY_POINT_GROUP)
+           for name in ("plug-a", "plug-b")}
+    monkeypatch.setattr(registry, "_entry_points", lambda: eps)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_tried", set(registry._tried))
+    monkeypatch.setattr(registry, "_plugin_errors", {})
+    monkeypatch.setattr(registry, "_loaded", False)
+    for name in ("fxbench_test_plugin_a", "fxbench_test_plugin_b"):
+        monkeypatch.setitem(sys.modules, name, None)  # so that the imports below are undone after the test
+        del sys.modules[name]
+
+    assert get_pass("plug-a").name == "plug-a"
+    assert "fxbench_test_plugin_b" not in sys.modules  # looking one up imports that one only
+    with pytest.raises(UnknownPassError, match=r"unknown pass 'plug-b' \(its plugin failed to load: RuntimeError: plugin b is broken\)"):
+        get_pass("plug-b")
+    with pytest.raises(UnknownPassError, match="did you mean plug-a, plug-b"):
+        get_pass("plug-c")
+    listing = available_passes()  # `passes list`: everything
+    assert listing["plug-a"].origin == "plugin (unknown distribution)" and "plug-b" not in listing
+    assert registry.plugin_errors() == {"plug-b": "RuntimeError: plugin b is broken"}

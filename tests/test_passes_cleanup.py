@@ -7,7 +7,7 @@ import torch
 
 from fxbench.models import unlift
 from fxbench.passes import create_pass, op_histogram
-from fxbench.passes.eliminate_dead_code import prune_unused_weights
+from fxbench.passes._graph import drop_weights
 
 
 def _export(module: torch.nn.Module, *args: torch.Tensor):
@@ -124,7 +124,7 @@ def test_dead_code_and_unused_weights_are_removed():
     assert op_histogram(gm)["aten.linear.default"] == 1
     torch.testing.assert_close(gm(x), ref)
     assert not _apply("eliminate-dead-code", gm).modified
-    assert prune_unused_weights(gm) == 0
+    assert drop_weights(gm) == 0
 
 
 def test_dead_code_keeps_side_effects_and_inputs():

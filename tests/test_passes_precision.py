@@ -10,7 +10,7 @@ from fxbench.models import SENTENCES, export_graph_module, unlift
 from fxbench.numerics import Tolerance, compare
 from fxbench.passes import create_pass, module_path, op_histogram, run_pipeline
 from fxbench.passes.base import PassContext
-from fxbench.runtime.workflow import pass_context
+from fxbench.jobs import pass_context
 
 aten = torch.ops.aten
 LOW = {"to-fp16": torch.float16, "to-bf16": torch.bfloat16}

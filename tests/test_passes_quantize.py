@@ -14,7 +14,7 @@ from fxbench.models import SENTENCES, export_graph_module, unlift
 from fxbench.numerics import Tolerance
 from fxbench.passes import create_pass, module_path, op_histogram, run_pipeline
 from fxbench.passes.base import PassContext
-from fxbench.runtime.workflow import pass_context
+from fxbench.jobs import pass_context
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed

@@ -14,7 +14,7 @@ from fxbench.models import export_graph_module, run_module, unlift
 from fxbench.passes import PassContext, create_pass, get_pass, op_histogram, option_help, output_names, run_pipeline
 from fxbench.passes.base import module_path
 from fxbench.passes.registry import parse_options
-from fxbench.runtime.inspection import inspect_program
+from fxbench.jobs import inspect_program
 
 aten = torch.ops.aten
 

@@ -11,7 +11,7 @@ from accuracy import embedding_agreement, sentence_embeddings
 from fxbench.models import SENTENCES, run_module
 from fxbench.numerics import Tolerance, compare
 from fxbench.passes import PIPELINES, build_passes, run_pipeline
-from fxbench.runtime.workflow import OptimizeRequest, optimize_captured, pass_context
+from fxbench.jobs import OptimizeRequest, optimize_captured, pass_context
 
 FAMILIES = ["bert", "gpt2", "llama", "vit", "resnet", "minilm"]
 

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from fxbench.runtime.bench import BackendRecord, BenchResult, Measurement, ParityRecord, Shape, best_artifact, run_benchmark, shapes_from
+from fxbench.jobs import run_benchmark
+from fxbench.runtime.bench import BackendRecord, BenchResult, Measurement, ParityRecord, Shape, best_artifact, shapes_from
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
 
 QUICK = dict(warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=4), threads=1)

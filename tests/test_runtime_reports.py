@@ -16,10 +16,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fxbench.cli import app
-from fxbench.runtime.bench import BenchResult, run_benchmark, shapes_from
-from fxbench.runtime.bench_report import render_markdown, render_table, write_reports
+from fxbench.jobs import run_benchmark
+from fxbench.reports import render_markdown, render_table, write_reports
+from fxbench.reports.html import PALETTE
+from fxbench.runtime.bench import BenchResult, shapes_from
 from fxbench.runtime.harness import Measure, Warmup
-from fxbench.runtime.html_report import PALETTE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fxbench.errors import BackendUnavailableError
+from fxbench.errors import ArtifactMissingError, BackendUnavailableError, UnknownBackendError
 from fxbench.exporters import Artifact, save_program
 from fxbench.numerics import Tolerance, compare
-from fxbench.runtime.backends import Backend, UnknownBackendError, create_session, folder_backends, parse_backends
-from fxbench.runtime.bench import Shape, best_artifact, run_benchmark
+from fxbench.jobs import OptimizeRequest, optimize, run_benchmark
+from fxbench.runtime.backends import Backend, create_session, folder_backends, parse_backends
+from fxbench.runtime.bench import Shape, best_artifact
 from fxbench.runtime.harness import Measure, Warmup
-from fxbench.runtime.sessions import ArtifactMissingError
-from fxbench.runtime.workflow import OptimizeRequest, optimize
 
 QUICK = dict(warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=3))
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU reports")

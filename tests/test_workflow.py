@@ -11,7 +11,7 @@ from conftest import ALL_FAMILIES
 from fxbench.errors import OutputExistsError
 from fxbench.models import load_model, make_inputs, run_module
 from fxbench.numerics import Tolerance, compare
-from fxbench.runtime.workflow import OptimizeRequest, optimize
+from fxbench.jobs import OptimizeRequest, optimize
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

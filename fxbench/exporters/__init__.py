@@ -6,36 +6,52 @@ import importlib
 from typing import Any
 
 from fxbench.exporters.base import ARTIFACT_KINDS, Artifact, read_artifacts
-from fxbench.exporters.program import load_program, save_program
+from fxbench.exporters.program import PROGRAM_FILE, load_program, save_program
+from fxbench.exporters.targets import (
+    TARGETS,
+    ExportContext,
+    ExportTarget,
+    device_targets,
+    parse_targets,
+    preflight,
+    register_target,
+    target_file,
+    target_files,
+    target_names,
+)
 
 __all__ = [
     "ARTIFACT_KINDS",
+    "PROGRAM_FILE",
     "TARGETS",
     "Artifact",
+    "ExportContext",
     "ExportFailure",
     "ExportOptions",
     "ExportOutcome",
     "ExportSubject",
+    "ExportTarget",
+    "device_targets",
     "export_artifacts",
     "load_program",
     "parse_targets",
     "preflight",
     "read_artifacts",
+    "register_target",
     "save_program",
+    "target_file",
     "target_files",
+    "target_names",
 ]
 
 # The export faces pull in onnx, onnxruntime and onnxscript (over a second): loaded on first use,
-# so that commands which never export (inspect, passes list) do not pay for them.
+# so that commands which never export (inspect, passes list) do not pay for them. The target
+# table is light (its makers import their exporters when called).
 _LAZY = {
-    "TARGETS": "fxbench.exporters.targets",
-    "ExportFailure": "fxbench.exporters.targets",
-    "ExportOptions": "fxbench.exporters.targets",
-    "ExportOutcome": "fxbench.exporters.targets",
-    "export_artifacts": "fxbench.exporters.targets",
-    "parse_targets": "fxbench.exporters.targets",
-    "preflight": "fxbench.exporters.targets",
-    "target_files": "fxbench.exporters.targets",
+    "ExportFailure": "fxbench.exporters.export",
+    "ExportOptions": "fxbench.exporters.export",
+    "ExportOutcome": "fxbench.exporters.export",
+    "export_artifacts": "fxbench.exporters.export",
     "ExportSubject": "fxbench.exporters.checks",
 }
 

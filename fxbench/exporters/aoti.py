@@ -13,12 +13,9 @@ from torch.export.passes import move_to_device_pass
 from fxbench.errors import BackendUnavailableError, ExportError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
+from fxbench.exporters.targets import target_file
 
-__all__ = ["aoti_file_name", "export_aoti", "require_aoti"]
-
-
-def aoti_file_name(device: str) -> str:
-    return "model.aoti-cuda.pt2" if device == "cuda" else "model.aoti.pt2"
+__all__ = ["export_aoti", "require_aoti"]
 
 
 def require_aoti(device: str) -> None:
@@ -31,12 +28,12 @@ def require_aoti(device: str) -> None:
 
 def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *, device: str = "cpu") -> Artifact:
     """Compile `subject.program` with `torch._inductor.aoti_compile_and_package` (dynamic shapes as
-    captured) into `folder/model.aoti.pt2` (`model.aoti-cuda.pt2`), load it back with
-    `aoti_load_package` and check it against eager on every check's inputs."""
+    captured) into `folder` as the aoti target's file (model.aoti.pt2; model.aoti-cuda.pt2), load it
+    back with `aoti_load_package` and check it against eager on every check's inputs."""
     require_aoti(device)
     start = time.perf_counter()
     program = subject.program if device == "cpu" else move_to_device_pass(subject.program, device)
-    path = Path(folder) / aoti_file_name(device)
+    path = Path(folder) / target_file("aoti", device)
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     except Exception as exc:  # noqa: BLE001 - inductor raises many types; all become one line
@@ -51,20 +48,11 @@ def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *
         return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
     parity = verify(run, checks, subject, f"{path.name} (AOTInductor)")
-    return Artifact(
-        kind="aoti",
-        file=path.name,
-        device=device,
-        precision=subject.precision,
-        input_names=subject.input_names,
-        output_names=subject.output_names,
-        parity=parity,
-        details={
-            "bytes": path.stat().st_size,
-            "compile_seconds": round(compile_seconds, 2),
-            "torch": torch.__version__,
-            "dynamic": {name: {str(a): d.__name__ for a, d in spec.items()} for name, spec in (subject.captured.dynamic_shapes or {}).items()},
-            "load_with": f"torch._inductor.aoti_load_package('{path.name}')",
-        },
-        seconds=time.perf_counter() - start,
-    )
+    details = {
+        "bytes": path.stat().st_size,
+        "compile_seconds": round(compile_seconds, 2),
+        "torch": torch.__version__,
+        "dynamic": {name: {str(a): d.__name__ for a, d in spec.items()} for name, spec in (subject.captured.dynamic_shapes or {}).items()},
+        "load_with": f"torch._inductor.aoti_load_package('{path.name}')",
+    }
+    return subject.artifact("aoti", path, device, parity, details, started=start)

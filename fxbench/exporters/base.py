@@ -9,9 +9,9 @@ from typing import Any
 
 __all__ = ["ARTIFACT_KINDS", "Artifact", "read_artifacts"]
 
-# kind -> what it is. File names inside an output folder are fixed per kind and device so that
-# `fxbench bench DIR` finds them: model.pt2, model.onnx, model.ort.onnx (model.ort-cuda.onnx),
-# model.engine (+ model.engine.json), model.aoti.pt2 (model.aoti-cuda.pt2), model.int8-dynamic.onnx.
+# kind -> what it is; the kind decides which bench backends run an artifact. File names inside an
+# output folder are fixed per target and device (the table in targets.py; the program's in
+# program.py) so that `fxbench bench DIR` finds them.
 ARTIFACT_KINDS = {
     "program": "the optimized torch.export program (torch.export.load)",
     "onnx": "ONNX exported with torch.onnx (dynamo), checked in ONNX Runtime",

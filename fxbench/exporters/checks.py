@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.export import ExportedProgram
 
 from fxbench.errors import VerificationError
+from fxbench.exporters.base import Artifact
 from fxbench.models import CapturedProgram, run_module
 from fxbench.numerics import Parity, Tolerance, compare
 
@@ -47,6 +50,14 @@ class ExportSubject:
         if self.rebased:
             return run_module(self.program.module(), tensors)
         return self.captured.run_eager(tensors)
+
+    def artifact(self, kind: str, path: Path, device: str, parity: dict[str, Any], details: dict[str, Any], *,
+                 started: float, precision: str | None = None) -> Artifact:
+        """The record of `path`, made from this subject and checked (`parity`): the subject's names,
+        its precision unless the exporter lowered it, and the time since `started` (perf_counter)."""
+        return Artifact(kind=kind, file=Path(path).name, device=device, precision=precision or self.precision,
+                        input_names=self.input_names, output_names=self.output_names, parity=parity, details=details,
+                        seconds=time.perf_counter() - started)
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import re
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from fxbench.environment import package_version
 from fxbench.errors import BackendUnavailableError, ExportError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
+from fxbench.exporters.targets import target_file
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -34,6 +36,7 @@ __all__ = [
     "onnx_files",
     "ort_providers",
     "save_onnx",
+    "stored_details",
     "validate_opset",
 ]
 
@@ -78,6 +81,17 @@ def onnx_files(path: Path) -> list[Path]:
     """The model file and its external-data file (`<file>.data`, as fxbench writes it), if any."""
     data = path.with_name(f"{path.name}.data")
     return [path, data] if data.is_file() else [path]
+
+
+def stored_details(path: Path, model: ir.Model | None = None) -> dict[str, Any]:
+    """An artifact's details about how it is stored: its files and bytes and, given its graph, the
+    node count and op types (domain-qualified for contrib ops), most frequent first."""
+    files = onnx_files(path)
+    details: dict[str, Any] = {"files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files)}
+    if model is not None:
+        ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.all_nodes())
+        details.update(nodes=sum(ops.values()), op_types=dict(ops.most_common()))
+    return details
 
 
 class OnnxRunner:
@@ -230,44 +244,43 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     device: str = "cpu",
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    rename: Callable[[ir.Model], dict[str, Any]] | None = None,
 ) -> Artifact:
-    """Export `subject` to `folder/model.onnx`, then prove it: onnx.checker (full check, through
-    the path so external data is read) and ONNX Runtime against the checks' eager references."""
+    """Export `subject` into `folder` as the onnx target's file (model.onnx), then prove it:
+    onnx.checker (full check, through the path so external data is read) and ONNX Runtime against
+    the checks' eager references.
+
+    `rename` renames the graph's inputs, outputs and axes after the export's own names are checked
+    (the with-past form takes Optimum's dotted names); the checks' inputs then carry the new names,
+    and what it returns goes into the details."""
     start = time.perf_counter()
     validate_opset(opset)
     providers = ort_providers(device)
     model = _to_onnx(subject, opset)
     shapes = _check_axes(model, subject)
-    path = Path(folder) / "model.onnx"
+    renamed = rename(model) if rename is not None else None
+    if renamed is not None:
+        shapes = {v.name: _shape_text(v) for v in model.graph.inputs}
+    path = Path(folder) / target_file("onnx", device)
     external = save_onnx(model, path, external_data_threshold)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"model.onnx fails onnx.checker: {' '.join(str(exc).split())[:240]}") from exc
+        raise ExportError(f"{path.name} fails onnx.checker: {' '.join(str(exc).split())[:240]}") from exc
     runner = OnnxRunner(path, providers)
-    parity = verify(runner, checks, subject, "model.onnx in ONNX Runtime")
-    files = onnx_files(path)
-    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.all_nodes())
-    return Artifact(
-        kind="onnx",
-        file=path.name,
-        device="any",
-        precision=subject.precision,
-        input_names=subject.input_names,
-        output_names=subject.output_names,
-        parity=parity,
-        details={
-            "opset": opset,
-            "ir_version": model.ir_version,
-            "inputs": shapes,
-            "outputs": {v.name: _shape_text(v) for v in model.graph.outputs},
-            "external_data": external,
-            "files": [f.name for f in files],
-            "bytes": sum(f.stat().st_size for f in files),
-            "nodes": sum(ops.values()),
-            "op_types": dict(ops.most_common()),
-            "checked_with": {"onnx.checker": "full_check", "onnxruntime": runner.session.get_providers()},
-            "exporter": f"torch.onnx dynamo (torch {torch.__version__}, onnxscript {package_version('onnxscript')})",
-        },
-        seconds=time.perf_counter() - start,
-    )
+    parity = verify(runner, checks, subject, f"{path.name} in ONNX Runtime")
+    details = {
+        **({"renamed": renamed} if renamed is not None else {}),
+        "opset": opset,
+        "ir_version": model.ir_version,
+        "inputs": shapes,
+        "outputs": {v.name: _shape_text(v) for v in model.graph.outputs},
+        "external_data": external,
+        **stored_details(path, model),
+        "checked_with": {"onnx.checker": "full_check", "onnxruntime": runner.session.get_providers()},
+        "exporter": f"torch.onnx dynamo (torch {torch.__version__}, onnxscript {package_version('onnxscript')})",
+    }
+    artifact = subject.artifact("onnx", path, "any", parity, details, started=start)
+    # The file's own names: the subject's, or the with-past form's after `rename`.
+    return dataclasses.replace(artifact, input_names=tuple(v.name for v in model.graph.inputs),
+                               output_names=tuple(v.name for v in model.graph.outputs))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,11 @@ import onnxruntime as ort
 from fxbench.errors import ExportError, VerificationError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
-from fxbench.exporters.onnx import EXTERNAL_DATA_THRESHOLD, OnnxRunner, onnx_files, ort_providers, save_onnx
+from fxbench.exporters.onnx import EXTERNAL_DATA_THRESHOLD, OnnxRunner, onnx_files, ort_providers, save_onnx, stored_details
 from fxbench.exporters.onnx_fusions import contrib_op_counts, fuse_for_ort
+from fxbench.exporters.targets import target_file
 
-__all__ = ["DEFAULT_LEVEL", "ORT_LEVELS", "OrtOptimization", "export_onnx_ort", "optimize_offline", "ort_file_name"]
+__all__ = ["DEFAULT_LEVEL", "ORT_LEVELS", "OrtOptimization", "export_onnx_ort", "optimize_offline"]
 
 ORT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -29,10 +29,6 @@ ORT_LEVELS = {
 # Above "extended", ORT writes layout transforms (NCHWc) for this very CPU into the file; the
 # saved model is then only valid where it was made. "extended" keeps it portable across machines.
 DEFAULT_LEVEL = "extended"
-
-
-def ort_file_name(device: str) -> str:
-    return "model.ort-cuda.onnx" if device == "cuda" else "model.ort.onnx"
 
 
 @dataclass(frozen=True)
@@ -101,16 +97,16 @@ def export_onnx_ort(
     fusions: bool = True,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> Artifact:
-    """`model.ort.onnx` (or `model.ort-cuda.onnx`): the ONNX export fused and optimized offline
-    for one execution provider, checked against eager with ORT's own optimizations off, so the
-    file as stored is what is proven.
+    """The onnx-ort target's file (model.ort.onnx; model.ort-cuda.onnx): the ONNX export fused and
+    optimized offline for one execution provider, checked against eager with ORT's own optimizations
+    off, so the file as stored is what is proven.
 
     If the fused graph fails to load or misses the tolerance, the fusions are rolled back (as a
     pass would be) and the file is ORT's optimization alone; the reason is in the details.
     """
     start = time.perf_counter()
     providers = ort_providers(device)
-    destination = Path(folder) / ort_file_name(device)
+    destination = Path(folder) / target_file("onnx-ort", device)
     as_stored = ort.SessionOptions()
     as_stored.graph_optimization_level = ORT_LEVELS["disable"]
     rolled_back = None
@@ -130,9 +126,6 @@ def export_onnx_ort(
             if isinstance(exc, VerificationError):
                 raise
             raise ExportError(f"ONNX Runtime's offline optimization failed: {' '.join(str(exc).split())[:240]}") from exc
-    files = onnx_files(destination)
-    model = ir.load(destination)
-    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.all_nodes())
     details: dict[str, Any] = {
         "source": Path(onnx_path).name,
         "provider": result.provider,
@@ -140,20 +133,7 @@ def export_onnx_ort(
         "fusions": result.fusions,
         "fused_ops": result.contrib_ops,
         "fusions_rolled_back": rolled_back,
-        "files": [f.name for f in files],
-        "bytes": sum(f.stat().st_size for f in files),
-        "nodes": sum(ops.values()),
-        "op_types": dict(ops.most_common()),
+        **stored_details(destination, ir.load(destination)),
         "onnxruntime": ort.__version__,
     }
-    return Artifact(
-        kind="onnx-ort",
-        file=destination.name,
-        device=device,
-        precision=subject.precision,
-        input_names=subject.input_names,
-        output_names=subject.output_names,
-        parity=parity,
-        details=details,
-        seconds=time.perf_counter() - start,
-    )
+    return subject.artifact("onnx-ort", destination, device, parity, details, started=start)

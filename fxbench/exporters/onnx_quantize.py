@@ -16,12 +16,12 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from fxbench.errors import ExportError, VerificationError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
-from fxbench.exporters.onnx import OnnxRunner, onnx_files, ort_providers
+from fxbench.exporters.onnx import OnnxRunner, onnx_files, ort_providers, stored_details
+from fxbench.exporters.targets import target_file
 from fxbench.numerics import Tolerance
 
-__all__ = ["INT8_DYNAMIC_FILE", "export_onnx_int8"]
+__all__ = ["export_onnx_int8"]
 
-INT8_DYNAMIC_FILE = "model.int8-dynamic.onnx"
 _QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QAttention", "ConvInteger", "QGemm")
 
 
@@ -36,7 +36,8 @@ def export_onnx_int8(
     device: str = "cpu",
 ) -> Artifact:
     """Quantize `onnx_path` with `onnxruntime.quantization.quantize_dynamic` (int8 weights, per output
-    channel by default; activations quantized at run time) into `folder/model.int8-dynamic.onnx`.
+    channel by default; activations quantized at run time) into `folder` as the onnx-int8 target's
+    file (model.int8-dynamic.onnx).
 
     It is a baseline: its parity against eager is measured and recorded with whether it meets the
     int8 tolerance (`details["meets_tolerance"]`), but a miss does not discard it; comparing it
@@ -47,7 +48,7 @@ def export_onnx_int8(
     """
     start = time.perf_counter()
     providers = ort_providers(device)
-    destination = Path(folder) / INT8_DYNAMIC_FILE
+    destination = Path(folder) / target_file("onnx-int8", device)
     external = len(onnx_files(Path(onnx_path))) > 1
     quiet = logging.getLogger()
     level = quiet.level
@@ -75,28 +76,17 @@ def export_onnx_int8(
     model = ir.load(destination)
     ops = Counter(n.op_type for n in model.graph.all_nodes())
     if not any(ops[op] for op in _QUANTIZED_OPS):
-        raise ExportError("quantize_dynamic found no MatMul or Gemm with constant weights to quantize in model.onnx")
-    files = onnx_files(destination)
-    return Artifact(
-        kind="onnx-int8",
-        file=destination.name,
-        device=device,
-        precision="int8",
-        input_names=subject.input_names,
-        output_names=subject.output_names,
-        parity=parity,
-        details={
-            "source": Path(onnx_path).name,
-            "method": "onnxruntime.quantization.quantize_dynamic",
-            "weight_type": "QInt8",
-            "per_channel": per_channel,
-            "reduce_range": reduce_range,
-            "quantized_ops": {op: ops[op] for op in _QUANTIZED_OPS if ops[op]},
-            "float_matmuls_left": ops["MatMul"] + ops["Gemm"],
-            "tolerance": tolerance.to_dict(),
-            "meets_tolerance": meets,
-            "files": [f.name for f in files],
-            "bytes": sum(f.stat().st_size for f in files),
-        },
-        seconds=time.perf_counter() - start,
-    )
+        raise ExportError(f"quantize_dynamic found no MatMul or Gemm with constant weights to quantize in {Path(onnx_path).name}")
+    details = {
+        "source": Path(onnx_path).name,
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "weight_type": "QInt8",
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "quantized_ops": {op: ops[op] for op in _QUANTIZED_OPS if ops[op]},
+        "float_matmuls_left": ops["MatMul"] + ops["Gemm"],
+        "tolerance": tolerance.to_dict(),
+        "meets_tolerance": meets,
+        **stored_details(destination),
+    }
+    return subject.artifact("onnx-int8", destination, device, parity, details, started=start, precision="int8")

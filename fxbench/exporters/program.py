@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from torch.export import ExportedProgram
 
-__all__ = ["load_program", "save_program"]
+__all__ = ["PROGRAM_FILE", "load_program", "save_program"]
+
+PROGRAM_FILE = "model.pt2"  # the name in an output folder
 
 
 def save_program(program: ExportedProgram, path: Path) -> Path:

@@ -1,75 +1,213 @@
-"""Export targets and their order: `export_artifacts` makes each, keeps what succeeded, reports what failed."""
+"""The export targets, one record each: the files it writes per device, what it builds on, where it runs, how it is made."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+import importlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fxbench.errors import ExportError, FxbenchError
-from fxbench.exporters.aoti import aoti_file_name, export_aoti, require_aoti
-from fxbench.exporters.base import Artifact
-from fxbench.exporters.checks import ExportSubject, build_checks
-from fxbench.exporters.onnx import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, export_onnx, ort_providers, validate_opset
-from fxbench.exporters.onnx_ort import DEFAULT_LEVEL, ORT_LEVELS, export_onnx_ort, ort_file_name
-from fxbench.exporters.onnx_quantize import INT8_DYNAMIC_FILE, export_onnx_int8
-from fxbench.exporters.tensorrt import DEFAULT_WORKSPACE_GIB, ENGINE_FILE, SIDECAR_FILE, export_tensorrt, parse_shapes, require_tensorrt
-from fxbench.numerics import PRECISIONS
+from fxbench.exporters.base import ARTIFACT_KINDS, Artifact
+
+if TYPE_CHECKING:
+    from fxbench.exporters.checks import Check, ExportSubject
+    from fxbench.exporters.export import ExportOptions
 
 __all__ = [
+    "ONNX_SOURCE",
     "TARGETS",
+    "ExportContext",
+    "ExportTarget",
     "device_targets",
-    "ExportFailure",
-    "ExportOptions",
-    "ExportOutcome",
-    "export_artifacts",
     "parse_targets",
     "preflight",
+    "register_target",
+    "target_file",
     "target_files",
+    "target_names",
 ]
 
-TARGETS = {
-    "onnx": "model.onnx: torch.onnx (dynamo) export with named dynamic axes, checked in ONNX Runtime",
-    "onnx-ort": "model.ort.onnx: transformer fusions + ONNX Runtime offline optimization for the --device's provider",
-    "onnx-int8": f"{INT8_DYNAMIC_FILE}: ONNX Runtime's dynamic int8 quantization, the baseline for fxbench's int8",
-    "tensorrt": f"{ENGINE_FILE} + {SIDECAR_FILE}: a TensorRT engine built from model.onnx (needs tensorrt and a GPU)",
-    "aoti": "model.aoti.pt2: an AOTInductor package for the --device",
-}
-_NEEDS_ONNX = ("onnx-ort", "onnx-int8", "tensorrt")
+Make = Callable[["ExportContext"], Artifact]
+Preflight = Callable[["ExportOptions"], None]  # raises the FxbenchError that says why the target cannot run here
 
-EventFn = Callable[[str, str, str], None]  # (step, status: start|done|fail, detail), as the workflow's
+_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+# The target whose file the `needs_onnx` targets consume: made first when they are asked for.
+ONNX_SOURCE = "onnx"
+
+
+def _no_preflight(options: ExportOptions) -> None:
+    return None
 
 
 @dataclass(frozen=True)
-class ExportOptions:
-    """Options of every target; validated on construction, before any model is loaded."""
+class ExportTarget:
+    """One export target: everything fxbench knows about it is this record.
 
-    opset: int = DEFAULT_OPSET
-    device: str = "cpu"
-    shapes: str | None = None  # TensorRT profiles: NAME:MIN,OPT,MAX;...
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
-    ort_level: str = DEFAULT_LEVEL
-    fusions: bool = True
-    tensorrt_precision: str | None = None  # None: the graph's own precision
-    workspace_gib: float = DEFAULT_WORKSPACE_GIB
-    timing_cache: Path | None = None
-    check_batch: int = 3
-    check_seq: int = 40
+    `files` maps a device ("cpu", "cuda", or "any" for every device) to the files the target writes
+    there, the artifact first (the file a bench backend loads), then what travels with it (external
+    data, a sidecar). `devices` are the --device values whose default artifacts include it (empty:
+    made only when asked for). `needs_onnx`: it builds on the `onnx` target's file, made first.
+    `preflight` raises, before any work, when the target cannot run on this machine. `make` writes
+    the files into `ExportContext.folder` and returns the checked Artifact. `kind` is the artifact
+    kind it records (a key of ARTIFACT_KINDS; default its name), which decides the bench backends
+    that run it.
+    """
+
+    name: str
+    summary: str
+    files: Mapping[str, tuple[str, ...]]
+    make: Make
+    needs_onnx: bool = False
+    devices: tuple[str, ...] = ()
+    preflight: Preflight = _no_preflight
+    kind: str = ""
 
     def __post_init__(self) -> None:
-        validate_opset(self.opset)
-        if self.device not in ("cpu", "cuda"):
-            raise ExportError(f"--device {self.device!r} is not one of cpu, cuda")
-        parse_shapes(self.shapes)
-        if self.ort_level not in ORT_LEVELS:
-            raise ExportError(f"unknown ONNX Runtime level {self.ort_level!r}; expected one of {', '.join(ORT_LEVELS)}")
-        if self.tensorrt_precision is not None and self.tensorrt_precision not in PRECISIONS:
-            raise ExportError(f"unknown precision {self.tensorrt_precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if self.check_batch < 1 or self.check_seq < 1:
-            raise ExportError("the check shape must be positive")
+        if not _NAME.match(self.name):
+            raise ValueError(f"export target name {self.name!r} must be kebab case, such as 'onnx-ort'")
+        if not self.kind:
+            object.__setattr__(self, "kind", self.name)
+        if self.kind not in ARTIFACT_KINDS:
+            raise ValueError(f"export target {self.name!r}: artifact kind {self.kind!r} is not one of {', '.join(ARTIFACT_KINDS)}")
+        if not self.files or not all(self.files.values()) or set(self.files) - {"cpu", "cuda", "any"}:
+            raise ValueError(f"export target {self.name!r}: files must map cpu, cuda or any to one or more file names")
+
+    def files_for(self, device: str) -> tuple[str, ...]:
+        files = self.files.get(device) or self.files.get("any")
+        if not files:
+            raise ExportError(f"export target {self.name!r} writes nothing for --device {device}")
+        return files
+
+    def file(self, device: str) -> str:
+        """The artifact's file name for `device`."""
+        return self.files_for(device)[0]
+
+    def describe(self, device: str = "cpu") -> str:
+        return f"{' + '.join(self.files_for(device))}: {self.summary}"
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What a target's `make` is handed: the subject, the checks every artifact must pass, the
+    options, the scratch folder to write into (moved into the output folder when `make` returns)
+    and, for a `needs_onnx` target, the ONNX file it builds on."""
+
+    target: ExportTarget
+    subject: ExportSubject
+    checks: tuple[Check, ...]
+    options: ExportOptions
+    folder: Path
+    onnx_path: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the artifact goes: the target's file for the options' device, in `folder`."""
+        return self.folder / self.target.file(self.options.device)
+
+    def source(self) -> Path:
+        if self.onnx_path is None:
+            raise ExportError(f"--to {self.target.name} builds on {target_file(ONNX_SOURCE, self.options.device)}, and none was given")
+        return self.onnx_path
+
+
+# The makers and preflights import their exporter when called: the table is also read for its
+# file names (by `fxbench bench`'s backends), which must not load onnx and onnxruntime (over a second).
+def _exporter(module: str) -> Any:
+    return importlib.import_module(f"fxbench.exporters.{module}")
+
+
+def _make_onnx(c: ExportContext) -> Artifact:
+    o = c.options
+    return _exporter("onnx").export_onnx(c.subject, c.folder, c.checks, opset=o.opset, device=o.device,
+                                         external_data_threshold=o.external_data_threshold)
+
+
+def _make_onnx_ort(c: ExportContext) -> Artifact:
+    o = c.options
+    return _exporter("onnx_ort").export_onnx_ort(c.subject, c.source(), c.folder, c.checks, device=o.device, level=o.ort_level,
+                                                 fusions=o.fusions, external_data_threshold=o.external_data_threshold)
+
+
+def _make_onnx_int8(c: ExportContext) -> Artifact:
+    return _exporter("onnx_quantize").export_onnx_int8(c.subject, c.source(), c.folder, c.checks, device=c.options.device)
+
+
+def _make_tensorrt(c: ExportContext) -> Artifact:
+    o = c.options
+    return _exporter("tensorrt").export_tensorrt(c.subject, c.source(), c.folder, c.checks, shapes=o.shapes, precision=o.tensorrt_precision,
+                                                 workspace_gib=o.workspace_gib, timing_cache=o.timing_cache)
+
+
+def _make_aoti(c: ExportContext) -> Artifact:
+    return _exporter("aoti").export_aoti(c.subject, c.folder, c.checks, device=c.options.device)
+
+
+def _ort_for_device(options: ExportOptions) -> None:
+    """ONNX targets are made and checked in ONNX Runtime, which needs its CUDA provider for --device cuda."""
+    _exporter("onnx").ort_providers(options.device)
+
+
+def _tensorrt_here(options: ExportOptions) -> None:
+    _exporter("tensorrt").require_tensorrt()
+
+
+def _aoti_here(options: ExportOptions) -> None:
+    _exporter("aoti").require_aoti(options.device)
+
+
+def _with_data(file: str) -> tuple[str, str]:
+    """An ONNX file and the external-data file that carries its weights past 2 GB."""
+    return file, f"{file}.data"
+
+
+TARGETS: dict[str, ExportTarget] = {}
+
+
+def register_target(target: ExportTarget) -> ExportTarget:
+    """Add `target` to the table (made after those already there, in table order)."""
+    if target.name in TARGETS:
+        raise ValueError(f"export target {target.name!r} is already registered")
+    TARGETS[target.name] = target
+    return target
+
+
+for _target in (
+    ExportTarget("onnx", "torch.onnx (dynamo) export with named dynamic axes, checked in ONNX Runtime",
+                 {"any": _with_data("model.onnx")}, _make_onnx, devices=("cpu", "cuda"), preflight=_ort_for_device),
+    ExportTarget("onnx-ort", "transformer fusions + ONNX Runtime offline optimization for the --device's provider",
+                 {"cpu": _with_data("model.ort.onnx"), "cuda": _with_data("model.ort-cuda.onnx")}, _make_onnx_ort,
+                 needs_onnx=True, devices=("cpu", "cuda"), preflight=_ort_for_device),
+    # The int8 baseline is a comparison, not an artifact of fxbench's own: made only when asked for.
+    ExportTarget("onnx-int8", "ONNX Runtime's dynamic int8 quantization, the baseline for fxbench's int8",
+                 {"any": _with_data("model.int8-dynamic.onnx")}, _make_onnx_int8, needs_onnx=True, preflight=_ort_for_device),
+    ExportTarget("tensorrt", "a TensorRT engine built from model.onnx (needs tensorrt and a GPU)",
+                 {"any": ("model.engine", "model.engine.json")}, _make_tensorrt, needs_onnx=True, devices=("cuda",),
+                 preflight=_tensorrt_here),
+    ExportTarget("aoti", "an AOTInductor package for the --device",
+                 {"cpu": ("model.aoti.pt2",), "cuda": ("model.aoti-cuda.pt2",)}, _make_aoti, devices=("cpu", "cuda"),
+                 preflight=_aoti_here),
+):
+    register_target(_target)
+
+
+def target_names() -> tuple[str, ...]:
+    """The registered targets, in the order they are made."""
+    return tuple(TARGETS)
+
+
+def _get(name: str) -> ExportTarget:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ExportError(f"unknown export target {name!r}; expected one of {', '.join(TARGETS)}") from None
+
+
+def target_file(name: str, device: str = "cpu") -> str:
+    """The file target `name` writes its artifact to for `device` (onnx-ort, cuda: model.ort-cuda.onnx)."""
+    return _get(name).file(device)
 
 
 def parse_targets(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -85,173 +223,27 @@ def parse_targets(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def target_files(targets: Sequence[str], device: str = "cpu") -> list[str]:
-    """The files the targets write (model.onnx for any target that builds on it)."""
-    files = {
-        "onnx": ["model.onnx", "model.onnx.data"],
-        "onnx-ort": [ort_file_name(device), f"{ort_file_name(device)}.data"],
-        "onnx-int8": [INT8_DYNAMIC_FILE, f"{INT8_DYNAMIC_FILE}.data"],
-        "tensorrt": [ENGINE_FILE, SIDECAR_FILE],
-        "aoti": [aoti_file_name(device)],
-    }
-    wanted = set(targets) | ({"onnx"} if set(targets) & set(_NEEDS_ONNX) else set())
-    return [f for t in TARGETS if t in wanted for f in files[t]]
-
-
-@dataclass(frozen=True)
-class ExportFailure:
-    """A target that produced nothing, and the one line saying why."""
-
-    target: str
-    error: str
-    error_type: str
-    exit_code: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ExportOutcome:
-    artifacts: tuple[Artifact, ...] = ()
-    failures: tuple[ExportFailure, ...] = ()
-
-    def error(self) -> FxbenchError | None:
-        """One error for all failures (the CLI's exit): of their common type, or ExportError."""
-        if not self.failures:
-            return None
-        message = "; ".join(f.error if f.error.startswith(f"--to {f.target} ") else f"--to {f.target} failed: {f.error}"
-                            for f in self.failures)
-        types = {f.error_type for f in self.failures}
-        cls = _error_types().get(types.pop(), ExportError) if len(types) == 1 else ExportError
-        error = cls(message)
-        error.exit_code = max(f.exit_code for f in self.failures)
-        return error
-
-
-def _error_types() -> dict[str, type[FxbenchError]]:
-    """FxbenchError and its subclasses by name, to raise a failure again as its own type."""
-    found: dict[str, type[FxbenchError]] = {}
-    stack: list[type[FxbenchError]] = [FxbenchError]
-    while stack:
-        cls = stack.pop()
-        found[cls.__name__] = cls
-        stack.extend(cls.__subclasses__())
-    return found
+    """The files the targets write (the ONNX source's too, for any target that builds on it)."""
+    wanted = set(targets) | ({ONNX_SOURCE} if any(_get(t).needs_onnx for t in targets) else set())
+    return [f for t in TARGETS.values() if t.name in wanted for f in t.files_for(device)]
 
 
 def preflight(targets: Sequence[str], options: ExportOptions) -> dict[str, FxbenchError]:
     """Targets that cannot run on this machine (no tensorrt, no GPU, no compiler), found before
     any work is done."""
     problems: dict[str, FxbenchError] = {}
-    for target in targets:
+    for name in targets:
+        target = _get(name)
         try:
-            if target == "tensorrt":
-                require_tensorrt()
-            elif target == "aoti":
-                require_aoti(options.device)
-            elif options.device == "cuda":
-                ort_providers("cuda")
+            target.preflight(options)
         except FxbenchError as exc:
-            problems[target] = exc
+            problems[name] = exc
     return problems
-
-
-# What a deployment on each device runs. The int8 baseline (onnx-int8) is a comparison, not an
-# artifact of fxbench's own, so it is made only when asked for.
-_DEVICE_TARGETS = {"cpu": ("onnx", "onnx-ort", "aoti"), "cuda": ("onnx", "onnx-ort", "tensorrt", "aoti")}
 
 
 def device_targets(options: ExportOptions) -> tuple[str, ...]:
     """The targets that fit `options.device` and can be made on this machine (a CUDA machine
     without tensorrt still gets its ONNX and AOTInductor artifacts)."""
-    wanted = _DEVICE_TARGETS[options.device]
+    wanted = tuple(t.name for t in TARGETS.values() if options.device in t.devices)
     blocked = preflight(wanted, options)
     return tuple(t for t in wanted if t not in blocked)
-
-
-def _failure(target: str, exc: FxbenchError) -> ExportFailure:
-    return ExportFailure(target, " ".join(str(exc).split()), type(exc).__name__, exc.exit_code)
-
-
-def _brief(artifact: Artifact) -> str:
-    worst = min(artifact.parity.values(), key=lambda p: p["cosine"]) if artifact.parity else None
-    checks = ", ".join(artifact.parity)
-    if worst is None:
-        return artifact.file
-    below = "; below its tolerance, kept as a baseline" if artifact.details.get("meets_tolerance") is False else ""
-    return (f"{artifact.file}: {checks} cos>={worst['cosine']:.6f} "
-            f"max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}{below}")
-
-
-def export_artifacts(
-    subject: ExportSubject,
-    targets: Sequence[str],
-    out_dir: Path,
-    options: ExportOptions = ExportOptions(),
-    events: EventFn | None = None,
-    *,
-    onnx_path: Path | None = None,
-) -> ExportOutcome:
-    """Make every target's artifact in `out_dir`, each checked against eager before it is kept.
-
-    Targets that consume ONNX (onnx-ort, onnx-int8, tensorrt) build on model.onnx, which is
-    exported (and listed) first unless `onnx_path` names an export of the same program to reuse.
-    A target that fails leaves no file behind and is reported; the others still run.
-    """
-    targets = parse_targets(targets)
-    events = events or (lambda step, status, detail: None)
-    out_dir = Path(out_dir)
-    checks = build_checks(subject, options.check_batch, options.check_seq)
-    blocked = preflight(targets, options)
-    artifacts: list[Artifact] = []
-    failures: list[ExportFailure] = []
-    plan = list(targets)
-    if onnx_path is None and "onnx" not in plan and any(t in plan and t not in blocked for t in _NEEDS_ONNX):
-        plan.insert(0, "onnx")
-
-    def run(target: str, make: Callable[[Path], Artifact]) -> Artifact | None:
-        step = f"export {target}"
-        events(step, "start", "")
-        scratch = out_dir / f".{target}.partial"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        try:
-            artifact = make(scratch)
-            for f in scratch.iterdir():
-                os.replace(f, out_dir / f.name)
-        except FxbenchError as exc:
-            events(step, "fail", str(exc))
-            failures.append(_failure(target, exc))
-            return None
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        events(step, "done", _brief(artifact))
-        artifacts.append(artifact)
-        return artifact
-
-    for target in plan:
-        if target in blocked:
-            events(f"export {target}", "start", "")
-            events(f"export {target}", "fail", str(blocked[target]))
-            failures.append(_failure(target, blocked[target]))
-            continue
-        if target == "onnx":
-            made = run("onnx", lambda d: export_onnx(subject, d, checks, opset=options.opset, device=options.device,
-                                                     external_data_threshold=options.external_data_threshold))
-            onnx_path = out_dir / made.file if made else None
-            continue
-        if target in _NEEDS_ONNX and onnx_path is None:
-            failures.append(ExportFailure(target, "it builds on model.onnx, whose export failed", "ExportError", ExportError.exit_code))
-            continue
-        source = onnx_path
-        if target == "onnx-ort":
-            run(target, lambda d: export_onnx_ort(subject, source, d, checks, device=options.device, level=options.ort_level,
-                                                  fusions=options.fusions, external_data_threshold=options.external_data_threshold))
-        elif target == "onnx-int8":
-            run(target, lambda d: export_onnx_int8(subject, source, d, checks, device=options.device))
-        elif target == "tensorrt":
-            run(target, lambda d: export_tensorrt(subject, source, d, checks, shapes=options.shapes, precision=options.tensorrt_precision,
-                                                  workspace_gib=options.workspace_gib, timing_cache=options.timing_cache))
-        elif target == "aoti":
-            run(target, lambda d: export_aoti(subject, d, checks, device=options.device))
-    return ExportOutcome(tuple(artifacts), tuple(failures))

@@ -24,12 +24,11 @@ from fxbench.errors import BackendUnavailableError, ExportError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
 from fxbench.exporters.onnx import onnx_files
+from fxbench.exporters.targets import target_file
 from fxbench.numerics import Tolerance
 
 __all__ = [
     "DEFAULT_WORKSPACE_GIB",
-    "ENGINE_FILE",
-    "SIDECAR_FILE",
     "EngineCompatibility",
     "EngineHost",
     "EngineMismatchError",
@@ -50,8 +49,6 @@ __all__ = [
     "sidecar_record",
 ]
 
-ENGINE_FILE = "model.engine"
-SIDECAR_FILE = "model.engine.json"
 SIDECAR_FORMAT = "fxbench.tensorrt-engine/1"
 DEFAULT_WORKSPACE_GIB = 4.0
 _SHAPES_EXAMPLE = "input_ids:1x16,8x128,32x512"
@@ -415,11 +412,16 @@ def engine_compatibility(sidecar: Path | Mapping[str, Any], host: EngineHost | N
     return EngineCompatibility(tuple(problems), tuple(warnings))
 
 
+def _sidecar(engine: Path) -> Path:
+    """`model.engine` -> `model.engine.json` (the TensorRT session finds it by the same rule)."""
+    return engine.with_name(f"{engine.name}.json")
+
+
 def require_compatible_engine(engine: Path, host: EngineHost | None = None) -> dict[str, Any]:
     """The sidecar of `engine` if the engine can load here; otherwise EngineMismatchError in one
     line that names the difference and the fix (the runtime calls this before deserializing)."""
     engine = Path(engine)
-    sidecar = engine.with_name(f"{engine.name}.json")
+    sidecar = _sidecar(engine)
     if not sidecar.is_file():
         raise EngineMismatchError(f"{engine.name} has no {sidecar.name} beside it: rebuild it with `fxbench export DIR --to tensorrt --force`")
     record = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -484,7 +486,7 @@ def _build(trt: Any, onnx_path: Path, profile: Mapping[str, ShapeRange], plan: P
     config.set_timing_cache(cache, False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError("TensorRT could not build an engine from model.onnx (see TensorRT's log above); try --shapes with smaller maxima")
+        raise ExportError(f"TensorRT could not build an engine from {onnx_path.name} (see TensorRT's log above); try --shapes with smaller maxima")
     data = config.get_timing_cache().serialize()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     partial = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
@@ -541,9 +543,9 @@ def export_tensorrt(
     workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     timing_cache: Path | None = None,
 ) -> Artifact:
-    """Build `folder/model.engine` from `onnx_path` with TensorRT's Python API, write
-    `model.engine.json` beside it, and check the engine against eager on the checks that fit its
-    profile."""
+    """Build the tensorrt target's file (model.engine) in `folder` from `onnx_path` with TensorRT's
+    Python API, write its sidecar (model.engine.json) beside it, and check the engine against eager
+    on the checks that fit its profile."""
     trt = require_tensorrt()
     start = time.perf_counter()
     onnx_path = Path(onnx_path)
@@ -555,7 +557,7 @@ def export_tensorrt(
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(host)
     workspace = int(workspace_gib * 2**30)
     data, cache_info, outputs = _build(trt, onnx_path, profile, plan, workspace, cache_path)
-    engine = Path(folder) / ENGINE_FILE
+    engine = Path(folder) / target_file("tensorrt", "cuda")
     engine.write_bytes(data)
 
     runnable = [c for c in checks if all(profile[n].contains(tuple(t.shape)) for n, t in c.inputs.items() if n in profile)]
@@ -563,27 +565,19 @@ def export_tensorrt(
         raise ExportError(f"the profile ({'; '.join(f'{n}:{r.text()}' for n, r in profile.items())}) excludes every check shape; widen --shapes")
     runner = _EngineRunner(trt, data, subject.output_names)
     tolerance = subject.held_to.loosest(Tolerance.for_precision(plan.precision))
-    parity = verify(runner, runnable, subject, f"{ENGINE_FILE} in TensorRT", tolerance)
+    parity = verify(runner, runnable, subject, f"{engine.name} in TensorRT", tolerance)
     record = sidecar_record(engine=engine, onnx_path=onnx_path, host=host, profile=profile, plan=plan,
                             workspace_bytes=workspace, timing_cache=cache_info, outputs=outputs)
-    (Path(folder) / SIDECAR_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return Artifact(
-        kind="tensorrt",
-        file=engine.name,
-        device="cuda",
-        precision=plan.precision,
-        input_names=subject.input_names,
-        output_names=subject.output_names,
-        parity=parity,
-        details={
-            "sidecar": SIDECAR_FILE,
-            "tensorrt_version": caps.version,
-            "gpu": asdict(host),
-            "profiles": record["profiles"],
-            "plan": asdict(plan),
-            "timing_cache": cache_info,
-            "skipped_checks": sorted({c.name for c in checks} - {c.name for c in runnable}),
-            "bytes": engine.stat().st_size,
-        },
-        seconds=time.perf_counter() - start,
-    )
+    sidecar = _sidecar(engine)
+    sidecar.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    details = {
+        "sidecar": sidecar.name,
+        "tensorrt_version": caps.version,
+        "gpu": asdict(host),
+        "profiles": record["profiles"],
+        "plan": asdict(plan),
+        "timing_cache": cache_info,
+        "skipped_checks": sorted({c.name for c in checks} - {c.name for c in runnable}),
+        "bytes": engine.stat().st_size,
+    }
+    return subject.artifact("tensorrt", engine, "cuda", parity, details, started=start, precision=plan.precision)

@@ -1,7 +1,7 @@
 """From a model id or path to a loaded model, its task, sample inputs and the captured FX program."""
 
 from fxbench.models.capture import CapturedProgram, capture, export_graph_module, run_module, unlift
-from fxbench.models.inputs import DynamicDims, SampleInputs, make_inputs
+from fxbench.models.inputs import DynamicDims, SampleInputs, make_inputs, max_positions
 from fxbench.models.loading import DEMO_MODEL_ID, LoadedModel, demo_model_path, load_model
 from fxbench.models.sentences import SENTENCES
 from fxbench.models.tasks import TASKS, infer_task
@@ -20,6 +20,7 @@ __all__ = [
     "infer_task",
     "load_model",
     "make_inputs",
+    "max_positions",
     "run_module",
     "unlift",
 ]

@@ -17,7 +17,7 @@ from fxbench.errors import CaptureError
 from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
 from fxbench.models.loading import LoadedModel
 
-__all__ = ["CapturedProgram", "FlatOutputs", "capture", "export_graph_module", "unlift", "run_module"]
+__all__ = ["CapturedProgram", "FlatOutputs", "capture", "capture_error", "eager_failure", "export_graph_module", "unlift", "run_module"]
 
 OutputPath = tuple[Any, ...]
 
@@ -152,7 +152,16 @@ def _model_frame(exc: BaseException) -> str | None:
     return None
 
 
-def _capture_error(exc: BaseException, static: bool) -> CaptureError:
+def eager_failure(exc: BaseException, what: str = "the model") -> CaptureError:
+    """One line for a model that fails in eager PyTorch on its sample inputs, at the model's own line."""
+    where = _model_frame(exc)
+    return CaptureError(
+        f"{what} failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    )
+
+
+def capture_error(exc: BaseException, static: bool) -> CaptureError:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     head = lines[0][:240] if lines else type(exc).__name__
     low = str(exc).lower()
@@ -185,11 +194,7 @@ def capture(
         with torch.no_grad():
             raw = loaded.model(**inputs.tensors)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        where = _model_frame(exc)
-        raise CaptureError(
-            f"the model failed in eager PyTorch on its sample inputs{' at ' + where if where else ''}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ) from exc
+        raise eager_failure(exc) from exc
     paths = _output_paths(raw)
     if not paths:
         raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")
@@ -201,7 +206,7 @@ def capture(
     try:
         exported = torch.export.export(eager, (), dict(inputs.tensors), dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
-        raise _capture_error(exc, dims.static) from exc
+        raise capture_error(exc, dims.static) from exc
     return CapturedProgram(
         loaded=loaded,
         eager=eager,
@@ -220,4 +225,4 @@ def export_graph_module(module: torch.nn.Module, captured: CapturedProgram) -> E
     try:
         return torch.export.export(module, (), dict(captured.inputs.tensors), dynamic_shapes=captured.dynamic_shapes, strict=False)
     except Exception as exc:  # noqa: BLE001
-        raise _capture_error(exc, captured.dims.static) from exc
+        raise capture_error(exc, captured.dims.static) from exc

@@ -14,7 +14,7 @@ from fxbench.errors import CaptureError
 from fxbench.models.loading import LoadedModel
 from fxbench.models.sentences import SENTENCES
 
-__all__ = ["DynamicDims", "SampleInputs", "make_inputs", "dynamic_shapes_for", "forward_parameters"]
+__all__ = ["DynamicDims", "SampleInputs", "make_inputs", "dynamic_shapes_for", "forward_parameters", "max_positions"]
 
 # Inputs whose axis 1 is the (encoder) token sequence.
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -65,7 +65,8 @@ def forward_parameters(model: torch.nn.Module) -> list[str]:
     return list(inspect.signature(model.forward).parameters)
 
 
-def _max_positions(config: Any) -> int | None:
+def max_positions(config: Any) -> int | None:
+    """The longest sequence the model's config allows (its position table), or None if it names none."""
     for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -138,7 +139,7 @@ def make_inputs(loaded: LoadedModel, batch: int = 2, seq: int = 16, *, seed: int
     seq_out: int | None = seq
 
     if loaded.modality == "text":
-        limit = _max_positions(config)
+        limit = max_positions(config)
         if limit is not None and seq > limit:
             raise CaptureError(f"sequence length {seq} exceeds the model's {limit} positions; use a smaller --seq")
         if pre is not None and callable(pre):
@@ -180,7 +181,7 @@ def make_inputs(loaded: LoadedModel, batch: int = 2, seq: int = 16, *, seed: int
         raise CaptureError(f"no sample inputs for modality {loaded.modality!r}")
 
     if loaded.is_encoder_decoder and "decoder_input_ids" in accepted:
-        limit = getattr(config, "max_target_positions", None) or _max_positions(config)
+        limit = getattr(config, "max_target_positions", None) or max_positions(config)
         if limit is not None and seq > limit:
             raise CaptureError(f"decoder length {seq} exceeds the model's {limit} positions; use a smaller --seq")
         start = getattr(config, "decoder_start_token_id", None)
@@ -204,7 +205,7 @@ def dynamic_shapes_for(loaded: LoadedModel, inputs: SampleInputs, dims: DynamicD
     batch = Dim("batch", min=min(dims.batch[0], inputs.batch), max=max(dims.batch[1], inputs.batch))
     sample_seq = inputs.seq or 2
     seq_min = min(max(dims.seq[0], 2), sample_seq)
-    limit = _max_positions(loaded.config) or dims.seq[1]
+    limit = max_positions(loaded.config) or dims.seq[1]
     seq = Dim("seq", min=seq_min, max=max(min(dims.seq[1], limit), sample_seq))
     dec_limit = getattr(loaded.config, "max_target_positions", None) or limit
     dec_seq = Dim("decoder_seq", min=seq_min, max=max(min(dims.seq[1], dec_limit), sample_seq))

@@ -1,9 +1,11 @@
 """The pass framework (on torch.fx.passes.infra), the registry, the named pipelines and the passes."""
 
+from fxbench.passes._graph import read_tensors, set_meta
 from fxbench.passes.base import (
     FxbenchPass,
     NoOptions,
     PassContext,
+    PassOptions,
     PassResult,
     module_path,
     output_names,
@@ -27,6 +29,7 @@ __all__ = [
     "NoOptions",
     "PIPELINES",
     "PassContext",
+    "PassOptions",
     "PassRecord",
     "PassResult",
     "Pipeline",
@@ -39,8 +42,10 @@ __all__ = [
     "op_histogram",
     "option_help",
     "output_names",
+    "read_tensors",
     "register_pass",
     "replace_outputs",
     "run_pipeline",
+    "set_meta",
     "set_output_names",
 ]

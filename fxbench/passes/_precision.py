@@ -6,17 +6,18 @@ import dataclasses
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_aggregate
 
-from fxbench.passes.base import module_path
+from fxbench.passes._graph import ASSERTS, example_value, get_tensor, run, set_tensor, within
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult, module_path
 
 __all__ = [
-    "FP32_OPS", "LOW_OPS", "Overflow", "PrecisionPlan", "apply_plan", "find_overflows", "matches", "overflow_keepers",
-    "convert_precision", "pending_changes", "plan_precision", "value_ranges",
+    "FP32_OPS", "LOW_OPS", "MixedPrecision", "Overflow", "PrecisionOptions", "PrecisionPlan", "apply_plan", "find_overflows",
+    "matches", "overflow_keepers", "convert_precision", "pending_changes", "plan_precision", "value_ranges",
 ]
 
 aten = torch.ops.aten
@@ -55,25 +56,19 @@ def _op_names(node: Node) -> set[str]:
 
 def matches(node: Node, entries: Iterable[str]) -> bool:
     """Whether a keep-list entry names this node's op ("softmax", "aten.gelu", "aten.gelu.default")
-    or a module it was traced in ("encoder.layer.3" covers everything under it)."""
+    or a module it was traced in ("encoder.layer.3" covers everything under it; patterns such as
+    "encoder.layer.*.output" as every option that names modules takes them)."""
     names, path = _op_names(node), module_path(node)
-    for entry in entries:
-        if entry in names or (path and (path == entry or path.startswith(entry + "."))):
-            return True
-    return False
-
-
-def _val(node: Any) -> Any:
-    return node.meta.get("val") if isinstance(node, Node) else None
+    return any(entry in names or within(path, [entry]) for entry in entries)
 
 
 def _float_dtype(node: Any) -> torch.dtype | None:
-    v = _val(node)
+    v = example_value(node)
     return v.dtype if isinstance(v, torch.Tensor) and v.dtype.is_floating_point else None
 
 
 def _is_scalar_tensor(node: Node) -> bool:
-    v = _val(node)
+    v = example_value(node)
     return isinstance(v, torch.Tensor) and v.dim() == 0
 
 
@@ -194,7 +189,7 @@ def _retyped(plan: PrecisionPlan) -> list[tuple[Node, torch.dtype, torch.dtype]]
     changed = []
     for node, dtype in plan.out.items():
         if node.op == "call_function":
-            old = _float_dtype(node) or _first_float(_val(node))
+            old = _float_dtype(node) or _first_float(example_value(node))
             if old == torch.float32 and dtype != old:
                 changed.append((node, old, dtype))
     return changed
@@ -213,14 +208,6 @@ def _retype(val: Any, old: torch.dtype, new: torch.dtype) -> Any:
     return map_aggregate(val, one) if isinstance(val, (tuple, list)) else one(val)
 
 
-def _set_attr(gm: GraphModule, target: str, value: torch.Tensor) -> None:
-    owner_path, _, name = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    if isinstance(getattr(owner, name), torch.nn.Parameter):
-        value = torch.nn.Parameter(value, requires_grad=False)
-    setattr(owner, name, value)
-
-
 def apply_plan(gm: GraphModule, plan: PrecisionPlan) -> tuple[int, int]:
     """Rewrite `gm` as planned; returns how many changes were made (casts, retyped nodes and
     parameters) and how many cast nodes were inserted."""
@@ -235,9 +222,9 @@ def apply_plan(gm: GraphModule, plan: PrecisionPlan) -> tuple[int, int]:
                 if saturate and dtype == torch.float16:
                     # Masks use fp32's lowest value for "masked": clamp it to fp16's, not to -inf.
                     value = graph.call_function(aten.clamp.default, (src, -_FP16_MAX, _FP16_MAX))
-                    value.meta["val"] = _val(src)
+                    value.meta["val"] = example_value(src)
                 node = graph.call_function(aten._to_copy.default, (value,), {"dtype": dtype})
-            node.meta["val"] = _retype(_val(src), _float_dtype(src), dtype)
+            node.meta["val"] = _retype(example_value(src), _float_dtype(src), dtype)
             node.meta["nn_module_stack"] = before.meta.get("nn_module_stack", src.meta.get("nn_module_stack", {}))
             cache[key] = node
         return cache[key]
@@ -246,8 +233,8 @@ def apply_plan(gm: GraphModule, plan: PrecisionPlan) -> tuple[int, int]:
     # changes: the captured program may share them.
     for p in plan.param_uses:
         if plan.out[p] == plan.low and _float_dtype(p) != plan.low:
-            _set_attr(gm, p.target, _get_attr(gm, p.target).detach().to(plan.low))
-            p.meta["val"] = _retype(_val(p), _float_dtype(p), plan.low)
+            set_tensor(gm, p.target, get_tensor(gm, p, plain=False).detach().to(plan.low))
+            p.meta["val"] = _retype(example_value(p), _float_dtype(p), plan.low)
             changes += 1
     for consumer, src, dtype in plan.casts:
         new = cast(src, dtype, consumer, _is_mask_cast(consumer, src))
@@ -255,11 +242,11 @@ def apply_plan(gm: GraphModule, plan: PrecisionPlan) -> tuple[int, int]:
         consumer.kwargs = map_aggregate(consumer.kwargs, lambda a: new if a is src else a)
         changes += 1
     for node, old, dtype in _retyped(plan):
-        node.meta["val"] = _retype(_val(node), old, dtype)
+        node.meta["val"] = _retype(example_value(node), old, dtype)
         node.meta.pop("tensor_meta", None)
         changes += 1
     # Export's dtype asserts pin the capture's dtypes; keep them true.
-    for node in graph.find_nodes(op="call_function", target=aten._assert_tensor_metadata.default):
+    for node in (n for target in ASSERTS for n in graph.find_nodes(op="call_function", target=target)):
         now = _float_dtype(node.args[0])
         if now is not None and node.kwargs.get("dtype") not in (None, now):
             node.kwargs = {**node.kwargs, "dtype": now}
@@ -277,13 +264,6 @@ def _first_float(val: Any) -> torch.dtype | None:
             if isinstance(v, torch.Tensor) and v.dtype.is_floating_point:
                 return v.dtype
     return None
-
-
-def _get_attr(gm: GraphModule, target: str) -> torch.Tensor:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @dataclass(frozen=True)
@@ -310,16 +290,7 @@ def value_ranges(gm: GraphModule, inputs: dict[str, torch.Tensor]) -> dict[Node,
             finite = [t.detach().abs().nan_to_num(0.0, posinf=0.0, neginf=0.0).max().item() for t in tensors]
             ranges[node] = max(finite)
 
-    class _Ranges(torch.fx.Interpreter):
-        def run_node(self, n: Node) -> Any:
-            result = super().run_node(n)
-            if n.op in ("call_function", "get_attr"):
-                record(n, result)
-            return result
-
-    names = [p.target for p in gm.graph.find_nodes(op="placeholder")]
-    with torch.no_grad():
-        _Ranges(gm).run(*[inputs[n] for n in names])
+    run(gm, inputs, lambda n, result: record(n, result) if n.op in ("call_function", "get_attr") else None)
     return ranges
 
 
@@ -393,3 +364,29 @@ def convert_precision(
         details["overflow"] = [dataclasses.asdict(o) for o in overflows]
         details["kept_for_overflow"] = sorted(n.name for n in kept_for_overflow)
     return changes, details
+
+
+@dataclass(frozen=True)
+class PrecisionOptions(PassOptions):
+    """Options to-fp16 and to-bf16 share."""
+
+    keep: tuple[str, ...] = ()  # ops ("gelu", "aten.gelu.default") or module paths ("lm_head", "encoder.layer.0-1") kept in fp32
+    keep_defaults: bool = True  # keep layer norms, softmax, reductions, pow/exp/log in fp32
+
+
+class MixedPrecision(FxbenchPass):
+    """What to-fp16 and to-bf16 share: plan which node computes in which dtype, and apply the plan."""
+
+    in_place = True
+    low: ClassVar[torch.dtype]
+
+    def overflow(self) -> tuple[bool, bool]:
+        """(check for values beyond the low precision's range, keep them in fp32)."""
+        return False, False
+
+    def call(self, graph_module: GraphModule) -> PassResult:
+        check, keep = self.overflow()
+        changes, self.details = convert_precision(graph_module, self.low, self.context, keep=self.options.keep,
+                                                  keep_defaults=self.options.keep_defaults, check_overflow=check,
+                                                  keep_overflow=keep, label=self.name)
+        return PassResult(graph_module, changes > 0)

@@ -1,10 +1,11 @@
-"""Shared pieces of the quantization passes: which linears, weight quantization, Q/DQ nodes, calibration.
+"""Shared pieces of the quantization passes: which linears, weight quantization, Q/DQ nodes, fallback, the passes' common steps.
 
 Quantization is written in PyTorch's export-quantization vocabulary, `quantized_decomposed`
 quantize/dequantize ops (what torchao's `convert_pt2e` emits), which the ONNX exporter turns into
 QuantizeLinear / DequantizeLinear. The nodes are placed here rather than by prepare/convert_pt2e,
 which on export-unlifted modules keeps fp32 weights with a run-time quantize_per_channel, makes
-`.eval()` raise and drops `nn_module_stack` from the new nodes; calibration uses torchao's observers.
+`.eval()` raise and drops `nn_module_stack` from the new nodes; calibration (`_calibration.py`)
+uses torchao's observers.
 """
 
 from __future__ import annotations
@@ -12,23 +13,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
 from torch.fx import GraphModule, Node
-from torch.fx.node import map_arg
 
-from fxbench.errors import PassOptionError
-from fxbench.passes.base import PassContext, module_path
+from fxbench.passes._calibration import check_calibration_file
+from fxbench.passes._graph import add_tensor, drop_weights, example_tensor, fake_mode, get_tensor, run, set_meta, within
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult, module_path
 
 __all__ = [
-    "calibration_batches",
-    "CALIBRATION_SUFFIXES",
-    "check_calibration_file",
+    "ActivationQuantization",
+    "CalibratedOptions",
     "choose_fallback",
-    "drop_unused_weights",
     "Editor",
     "Fallback",
     "find_linears",
@@ -36,10 +34,9 @@ __all__ = [
     "group_by_input",
     "InputQuantizer",
     "LinearSite",
-    "observe_inputs",
-    "percentile_observer_class",
     "quantize_sites",
     "quantize_weight",
+    "QuantizeOptions",
     "select_sites",
     "SKIP_KEYWORDS",
     "skip_summary",
@@ -50,7 +47,6 @@ aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 SKIP_KEYWORDS = ("first", "last", "head")
-CALIBRATION_SUFFIXES = (".txt", ".pt", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -76,8 +72,8 @@ class LinearSite:
 
 
 def _float_weight(node: Any) -> bool:
-    v = node.meta.get("val") if isinstance(node, Node) else None
-    return (isinstance(node, Node) and node.op == "get_attr" and isinstance(v, torch.Tensor) and v.dim() == 2
+    v = example_tensor(node)
+    return (v is not None and node.op == "get_attr" and v.dim() == 2
             and v.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
@@ -111,14 +107,15 @@ def select_sites(gm: GraphModule, sites: list[LinearSite], skip: Iterable[str], 
                  fp32_activations: bool = False) -> tuple[list[LinearSite], dict[str, str]]:
     """Split `sites` into those to quantize and those skipped (node name -> why). `skip` holds
     keywords (first: the first linear and those sharing its input; last: the last linear before
-    the head; head: linears nothing else depends on) and module paths (prefixes) or node names.
+    the head; head: linears nothing else depends on), module paths (a module and all inside it;
+    patterns such as encoder.layer.0-2.output) or node names.
     With `fp32_activations`, sites whose input is not fp32 (after to-fp16) are skipped too."""
     skip = tuple(skip)
     skipped: dict[str, str] = {}
     if fp32_activations:
         for s in sites:
-            val = s.input.meta.get("val") if isinstance(s.input, Node) else None
-            if not (isinstance(val, torch.Tensor) and val.dtype == torch.float32):
+            val = example_tensor(s.input)
+            if not (val is not None and val.dtype == torch.float32):
                 skipped[s.node.name] = "input not fp32"
     heads = _heads(gm, sites) if sites else set()
     if sites and "first" in skip:
@@ -135,9 +132,8 @@ def select_sites(gm: GraphModule, sites: list[LinearSite], skip: Iterable[str], 
                 skipped.setdefault(s.node.name, "head")
     paths = [e for e in skip if e not in SKIP_KEYWORDS]
     for s in sites:
-        p = s.path
         for entry in paths:
-            if s.node.name == entry or (p and (p == entry or p.startswith(entry + "."))):
+            if s.node.name == entry or within(s.path, [entry]):
                 skipped.setdefault(s.node.name, f"skip={entry}")
     return [s for s in sites if s.node.name not in skipped], skipped
 
@@ -171,11 +167,9 @@ class Editor:
     def __init__(self, gm: GraphModule, *, meta: bool = True, weights: dict | None = None):
         self.gm = gm
         self.weights = weights if weights is not None else {}  # (target, dtype, axis) -> (q, scale), reusable across editors
-        vals = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
-        self.fake_mode = torch._guards.detect_fake_mode(tuple(vals))
         # False for trial edits that are undone before anyone reads the graph (and for graphs
         # without export's fake values).
-        self.meta = meta and self.fake_mode is not None
+        self.meta = meta and fake_mode(gm) is not None
         self._dequantized: dict[tuple[str, torch.dtype, bool], Node] = {}
         self.replaced: list[Node] = []  # float weight get_attr nodes that lost a user
         self.inserted: list[Node] = []
@@ -183,13 +177,11 @@ class Editor:
 
     def buffer(self, owner_path: str, name: str, value: torch.Tensor, before: Node) -> Node:
         """Register `value` as a buffer of the module at `owner_path`; read it with a get_attr node."""
-        owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
-        owner.register_buffer(name, value)
-        target = f"{owner_path}.{name}" if owner_path else name
+        target = add_tensor(self.gm, f"{owner_path}.{name}" if owner_path else name, value, parameter=False)
         with self.gm.graph.inserting_before(before):
             node = self.gm.graph.get_attr(target)
         if self.meta:
-            node.meta["val"] = self.fake_mode.from_tensor(value, static_shapes=True)
+            set_meta(node)
         self.inserted.append(node)
         self.buffers.append(target)
         return node
@@ -199,22 +191,15 @@ class Editor:
         with self.gm.graph.inserting_before(before):
             node = self.gm.graph.call_function(target, args, kwargs or {})
         self.inserted.append(node)
-        if not self.meta:
-            return node
-        if "nn_module_stack" in before.meta:
-            node.meta["nn_module_stack"] = before.meta["nn_module_stack"]
-        fake_args, fake_kwargs = map_arg((node.args, node.kwargs), lambda n: n.meta["val"])
-        with self.fake_mode:
-            node.meta["val"] = node.target(*fake_args, **fake_kwargs)
+        if self.meta:
+            set_meta(node, like=before)
         return node
 
     def undo(self) -> None:
         """Take out every node and buffer this editor added (the caller restores the args it changed)."""
         for node in reversed(self.inserted):
             self.gm.graph.erase_node(node)
-        for target in self.buffers:
-            owner_path, _, attr = target.rpartition(".")
-            delattr(self.gm.get_submodule(owner_path) if owner_path else self.gm, attr)
+        drop_weights(self.gm, self.buffers)
         self.inserted, self.buffers, self.replaced, self._dequantized = [], [], [], {}
 
     def quantize_weight(self, site: LinearSite, dtype: torch.dtype, *, per_channel: bool = True) -> Node:
@@ -227,7 +212,7 @@ class Editor:
             owner_path, _, attr = target.rpartition(".")
             axis = site.axis if per_channel else None
             if (target, dtype, axis) not in self.weights:
-                self.weights[(target, dtype, axis)] = quantize_weight(_get(self.gm, target), axis, dtype)
+                self.weights[(target, dtype, axis)] = quantize_weight(get_tensor(self.gm, target, plain=False), axis, dtype)
             q, scale = self.weights[(target, dtype, axis)]
             # A weight a precision pass made fp16 / bf16 dequantizes to that dtype (int8 weights, fp16 math).
             stored = weight.meta["val"].dtype
@@ -257,18 +242,11 @@ class Editor:
 
     def finish(self) -> int:
         """Erase the float weights nothing reads any more; returns how many attributes went."""
-        return drop_unused_weights(self.gm, dict.fromkeys(self.replaced))
+        return drop_weights(self.gm, self.replaced)
 
 
 def _short(dtype: torch.dtype) -> str:
     return {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}[dtype]
-
-
-def _get(gm: GraphModule, target: str) -> torch.Tensor:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def group_by_input(sites: Sequence[LinearSite]) -> dict[Node, list[LinearSite]]:
@@ -303,14 +281,6 @@ def quantize_sites(gm: GraphModule, sites: Sequence[LinearSite], quantize_input:
     return editor
 
 
-def _outputs(gm: GraphModule, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Run the graph as it stands, without recompiling it (an Interpreter reads the nodes)."""
-    names = [p.target for p in gm.graph.find_nodes(op="placeholder")]
-    with torch.no_grad():
-        out = torch.fx.Interpreter(gm).run(*[batch[n] for n in names])
-    return tuple(torch.utils._pytree.tree_leaves(out))
-
-
 @dataclass(frozen=True)
 class Fallback:
     """Which sites stay float so that the quantized outputs keep `target` cosine on the probe."""
@@ -343,7 +313,7 @@ def choose_fallback(gm: GraphModule, sites: Sequence[LinearSite], quantize_input
         saved = {s.node: s.node.args for s in quantized}
         editor = quantize_sites(gm, quantized, quantize_input, weight_dtype, per_channel=per_channel, meta=False, weights=weights)
         try:
-            return compare(_outputs(gm, batch), reference).cosine
+            return compare(run(gm, batch), reference).cosine
         finally:
             for node, args in saved.items():
                 node.args = args
@@ -358,7 +328,7 @@ def choose_fallback(gm: GraphModule, sites: Sequence[LinearSite], quantize_input
 
     if limit <= 0 or not sites or not batch:
         return Fallback((), math.nan, math.nan, 0)
-    reference = _outputs(gm, batch)
+    reference = run(gm, batch)
     everything = cosine = cosine_with(sites)
     kept: list[LinearSite] = []
     while cosine < target and len(kept) < min(limit, len(sites)):
@@ -368,128 +338,74 @@ def choose_fallback(gm: GraphModule, sites: Sequence[LinearSite], quantize_input
     return Fallback(tuple(kept), everything, cosine, trials)
 
 
-def drop_unused_weights(gm: GraphModule, weights: Iterable[Node]) -> int:
-    """Erase the float weights' get_attr nodes left without users, and the attributes no get_attr
-    reads any more (a tied weight read elsewhere stays)."""
-    dropped = 0
-    for node in weights:
-        if node.users:
-            continue
-        target = str(node.target)
-        gm.graph.erase_node(node)
-        if not any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
-            owner_path, _, attr = target.rpartition(".")
-            owner = gm.get_submodule(owner_path) if owner_path else gm
-            delattr(owner, attr)
-            dropped += 1
-    return dropped
+# ----- the activation-quantizing passes (int8 static and dynamic, fp8) -------------------------
 
 
-# ----- calibration -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantizeOptions(PassOptions):
+    """Options every activation-quantizing pass has."""
+
+    # Linears left in float: keywords first / last / head, module paths ("encoder.layer.5", "lm_head") or node names.
+    skip: tuple[str, ...] = ("head",)
+    fallback: int = 2  # at most this many more linears kept float, the most sensitive first, ...
+    target: float = 0.99  # ... while the outputs' cosine to the float program on the sample is below this
+
+    def validate(self) -> None:
+        if self.fallback < 0:
+            raise ValueError(f"fallback {self.fallback} must be at least 0")
+        if not 0.0 < self.target <= 1.0:
+            raise ValueError(f"target {self.target} must be a cosine in (0, 1]")
 
 
-def check_calibration_file(path: str) -> None:
-    """Options-time check of a calibration file name (raises ValueError, which option parsing turns
-    into a one-line PassOptionError)."""
-    if not path:
-        return
-    if not path.endswith(CALIBRATION_SUFFIXES):
-        raise ValueError(f"calibration file {path!r} must end in {', '.join(CALIBRATION_SUFFIXES)}")
-    if not Path(path).is_file():
-        raise ValueError(f"calibration file {path!r} does not exist")
+@dataclass(frozen=True)
+class CalibratedOptions(QuantizeOptions):
+    """Options of the passes whose activation scales are calibrated ahead of time."""
+
+    calibration: str = ""  # a .txt of sentences (one a line), or a .pt / .safetensors dict of inputs
+    samples: int = 48  # without a file: this many of the model's own sample inputs
+    seq: int = 64  # tokens per sentence when calibrating on text
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        super().validate()
+        check_calibration_file(self.calibration)
+        if self.samples < 1 or self.batch_size < 1 or self.seq < 2:
+            raise ValueError("samples and batch_size must be at least 1, seq at least 2")
 
 
-def _split(tensors: dict[str, torch.Tensor], batch_size: int) -> list[dict[str, torch.Tensor]]:
-    count = min(int(t.shape[0]) for t in tensors.values())
-    return [{k: v[i:i + batch_size] for k, v in tensors.items()} for i in range(0, count, batch_size)]
+class ActivationQuantization(FxbenchPass):
+    """The steps the activation-quantizing passes share: choose the linears (QuantizeOptions.skip),
+    keep the most harmful ones float (accuracy-aware fallback), quantize the rest, record it all.
+    A subclass says how activations are quantized (`input_quantizer`)."""
 
+    in_place = True
+    weight_dtype: ClassVar[torch.dtype] = torch.int8
+    per_channel: ClassVar[bool] = True  # weights per output channel, else per tensor
+    fp32_activations: ClassVar[bool] = True  # only linears whose input is fp32 (not after to-fp16)
 
-def _max_positions(config: Any) -> int | None:
-    for attr in ("max_position_embeddings", "n_positions", "max_target_positions"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    def input_quantizer(self, gm: GraphModule, chosen: list[LinearSite]) -> tuple[InputQuantizer | None, dict[str, Any]]:
+        """How the chosen sites' activations are quantized (None: weights only), and what the
+        pass's record says about it (calibration)."""
+        raise NotImplementedError
 
-
-def calibration_batches(context: PassContext, *, path: str, samples: int, seq: int, batch_size: int, label: str) -> list[dict[str, torch.Tensor]]:
-    """Input batches to calibrate on: from `path` (a .txt file of sentences, one a line, tokenized
-    as the sample was; or a .pt / .safetensors dict of input tensors, batched along axis 0), else
-    the inputs the user gave the context, else `samples` of the model's own sample inputs
-    (for text, its real sentences at `seq` tokens)."""
-    wanted = set(context.inputs)
-    limit = _max_positions(context.config)
-    seq = min(seq, limit) if limit else seq
-    if path:
-        check = Path(path)
-        if not check.is_file():
-            raise PassOptionError(f"{label}: calibration file {path} does not exist; give a .txt, .pt or .safetensors file")
-        if path.endswith(".txt"):
-            texts = [line.strip() for line in check.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not texts:
-                raise PassOptionError(f"{label}: calibration file {path} has no sentences; write one a line")
-            if context.preprocessor is None:
-                raise PassOptionError(f"{label}: a text calibration file needs the model's tokenizer; give a .pt or .safetensors dict of inputs")
-            return [context.inputs_from_texts(texts[i:i + batch_size], seq) for i in range(0, len(texts), batch_size)]
-        if path.endswith(".safetensors"):
-            import safetensors.torch
-
-            loaded: Any = safetensors.torch.load_file(path)
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        batches = loaded if isinstance(loaded, list) else [loaded]
-        if not all(isinstance(b, dict) and all(isinstance(v, torch.Tensor) for v in b.values()) for b in batches):
-            raise PassOptionError(f"{label}: {path} must hold a dict (or list of dicts) of input name -> tensor")
-        missing = wanted - set(batches[0])
-        if missing:
-            raise PassOptionError(f"{label}: {path} lacks the inputs {', '.join(sorted(missing))}; the program takes {', '.join(sorted(wanted))}")
-        return [piece for b in batches for piece in _split({k: b[k] for k in wanted}, batch_size)]
-    if context.calibration_inputs:
-        return list(context.calibration_inputs)
-    if context.modality == "text" and context.make_inputs is not None:
-        return _split(context.more_inputs(1, batch=samples, seq=seq)[0], batch_size)
-    # Sequence lengths come from token inputs (a decoder's ids), never from audio features' axis 1.
-    seq_hint = next((int(t.shape[1]) for k, t in context.inputs.items() if k.endswith("input_ids") and t.dim() > 1), None)
-    return _split(context.more_inputs(1, batch=samples, seq=seq_hint)[0], batch_size)
-
-
-def observe_inputs(gm: GraphModule, nodes: Iterable[Node], batches: list[dict[str, torch.Tensor]], make_observer: Any) -> dict[Node, Any]:
-    """Run `gm` on each batch and feed every value in `nodes` to an observer of its own."""
-    observers = {n: make_observer() for n in nodes}
-
-    class _Observe(torch.fx.Interpreter):
-        def run_node(self, n: Node) -> Any:
-            result = super().run_node(n)
-            if n in observers:
-                observers[n](result.detach().float())
-            return result
-
-    names = [p.target for p in gm.graph.find_nodes(op="placeholder")]
-    with torch.no_grad():
-        for batch in batches:
-            _Observe(gm).run(*[batch[n] for n in names])
-    return observers
-
-
-def percentile_observer_class() -> type:
-    """A torchao MinMaxObserver that tracks the `percentile`-th and (100 - percentile)-th values of
-    each batch instead of its extremes (the widest over batches), clipping rare outliers."""
-    from torchao.quantization.pt2e.observer import MinMaxObserver
-
-    class PercentileObserver(MinMaxObserver):
-        def __init__(self, percentile: float = 99.99, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.percentile = percentile
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            flat = x.detach().float().flatten()
-            n = flat.numel()
-            if n == 0:
-                return x
-            k = min(n, max(1, math.ceil(self.percentile / 100.0 * n)))
-            hi, lo = flat.kthvalue(k).values, flat.kthvalue(n - k + 1).values
-            self.min_val.copy_(torch.minimum(self.min_val, lo))
-            self.max_val.copy_(torch.maximum(self.max_val, hi))
-            return x
-
-    return PercentileObserver
+    def call(self, graph_module: GraphModule) -> PassResult:
+        o, gm = self.options, graph_module
+        sites = find_linears(gm)
+        chosen, skipped = select_sites(gm, sites, o.skip, fp32_activations=self.fp32_activations)
+        self.details = {"quantized": 0, "skipped": skip_summary(sites, skipped)}
+        if not chosen:
+            return PassResult(gm, False)
+        quantize_input, record = self.input_quantizer(gm, chosen)
+        weights: dict = {}  # quantized weights, shared by the fallback trials and the rewrite
+        probe = self.require_context().inputs if o.fallback else {}
+        fallback = choose_fallback(gm, chosen, quantize_input, self.weight_dtype, probe, limit=o.fallback, target=o.target,
+                                   per_channel=self.per_channel, weights=weights)
+        for site in fallback.sites:
+            skipped[site.node.name] = "fallback"
+        chosen = [s for s in chosen if s not in fallback.sites]
+        editor = quantize_sites(gm, chosen, quantize_input, self.weight_dtype, per_channel=self.per_channel, weights=weights)
+        self.details = {
+            "quantized": len(chosen), "activation_groups": len(group_by_input(chosen)) if quantize_input is not None else 0,
+            "skipped": skip_summary(sites, skipped), **record, "fallback": fallback.record(), "float_weights_removed": editor.finish(),
+        }
+        return PassResult(gm, bool(chosen))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,13 +12,39 @@ import torch
 from torch.fx import GraphModule
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-__all__ = ["FxbenchPass", "NoOptions", "PassContext", "PassResult", "module_path", "output_names", "replace_outputs", "set_output_names"]
+from fxbench.errors import PassOptionError
+
+__all__ = [
+    "FxbenchPass", "NoOptions", "PassContext", "PassOptions", "PassResult", "module_path", "output_names", "replace_outputs",
+    "set_output_names",
+]
 
 _OUTPUT_NAMES = "fxbench_output_names"
+# True while run_pipeline's PassManager runs the passes: it recompiles the module after every
+# pass, so the pass itself does not (one recompile per pass).
+MANAGED: contextvars.ContextVar[bool] = contextvars.ContextVar("fxbench_managed", default=False)
 
 
 @dataclass(frozen=True)
-class NoOptions:
+class PassOptions:
+    """Base of pass options, a frozen dataclass whose fields are the options. A subclass checks its
+    values in `validate()`, raising ValueError with what is wrong and how to fix it; construction
+    turns that into a one-line PassOptionError naming the pass (set by register_pass)."""
+
+    pass_name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        try:
+            self.validate()
+        except ValueError as exc:
+            raise PassOptionError(f"pass {self.pass_name or type(self).__name__}: {exc}") from None
+
+    def validate(self) -> None:
+        """Raise ValueError if the options cannot work together."""
+
+
+@dataclass(frozen=True)
+class NoOptions(PassOptions):
     """A pass without options."""
 
 
@@ -79,7 +106,8 @@ def module_path(node: torch.fx.Node) -> str:
 def replace_outputs(gm: GraphModule, nodes: list[torch.fx.Node], names: list[str] | tuple[str, ...]) -> None:
     """Make `nodes` the graph's outputs, named `names`: the output node, the pytree spec the
     exported module returns its flat tuple through, and the names kept in meta. Nodes left
-    without users are not removed here (dead-code elimination does that)."""
+    without users are not removed here (dead-code elimination does that); the module runs the new
+    outputs once recompiled, as a pass's result is (see FxbenchPass)."""
     if len(nodes) != len(names):
         raise ValueError(f"{len(nodes)} output nodes but {len(names)} names")
     out = next(iter(gm.graph.find_nodes(op="output")))
@@ -91,7 +119,6 @@ def replace_outputs(gm: GraphModule, nodes: list[torch.fx.Node], names: list[str
     if hasattr(gm, "_out_spec"):
         gm._out_spec = spec
     set_output_names(gm, names)
-    gm.recompile()
 
 
 def output_names(gm: GraphModule) -> tuple[str, ...] | None:
@@ -117,7 +144,10 @@ class FxbenchPass(PassBase):
                  deviation from eager is reported, not held against a tolerance, and the passes
                  after them are checked against the changed model.
     and implements `call(graph_module) -> PassResult(graph_module, modified)`, where `modified`
-    says whether the graph actually changed. `self.context` (a PassContext) is set by the runner.
+    says whether the graph actually changed. `self.context` (a PassContext) is set by the runner;
+    `self.details` (counts, names) and `self.note(...)` (a sentence) go into the pass's record.
+    The module a pass hands back is recompiled once: by `__call__` when the pass changed it, or,
+    under run_pipeline, by torch's PassManager after the pass.
     """
 
     name: ClassVar[str] = ""
@@ -145,6 +175,11 @@ class FxbenchPass(PassBase):
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
 
+    def note(self, text: str) -> None:
+        """Tell the run what the pass did, in a sentence (the runner puts notes in the pass record)."""
+        if self.context is not None:
+            self.context.notes.append(f"{self.name}: {text}")
+
     def require_context(self) -> PassContext:
         if self.context is None:
             raise RuntimeError(f"pass {self.name} needs a PassContext (sample inputs); run it through run_pipeline")
@@ -159,8 +194,8 @@ class FxbenchPass(PassBase):
             raise RuntimeError(f"pass {self.name} is declared in-place but returned a new module")
         if not self.in_place and same:
             raise RuntimeError(f"pass {self.name} is declared functional but returned the module it was given")
-        if result.modified and isinstance(result.graph_module, GraphModule):
-            # A pass hands back a module that runs, however it is called (runner or not).
+        if result.modified and isinstance(result.graph_module, GraphModule) and not MANAGED.get():
+            # A pass hands back a module that runs, however it is called.
             result.graph_module.recompile()
         return result
 

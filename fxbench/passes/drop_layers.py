@@ -7,42 +7,31 @@ from dataclasses import dataclass
 from torch.fx import GraphModule, Node
 
 from fxbench.errors import PassOptionError
-from fxbench.passes._surgery import (
-    block_nodes,
-    choose_stack,
-    erase_block,
-    find_stacks,
-    module_outputs,
-    node_val,
-    note,
-    prune_weights,
-    resolve_indices,
-    same_shape,
-    surgery_meta,
-)
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._graph import drop_weights, example_tensor, same_shape
+from fxbench.passes._surgery import StackSurgery, block_nodes, erase_block, module_outputs, resolve_indices
+from fxbench.passes.base import PassOptions, PassResult
 from fxbench.passes.registry import register_pass
 
 
 @dataclass(frozen=True)
-class DropLayersOptions:
+class DropLayersOptions(PassOptions):
     layers: tuple[int, ...] = ()  # block indices and ranges: 6-11, or 0,2; negatives count from the end
     stack: str = ""  # which stack when the model has several ("decoder", "model.encoder.layers")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not self.layers:
-            raise PassOptionError("drop-layers needs the blocks to drop, e.g. drop-layers:layers=6-11")
+            raise ValueError("needs the blocks to drop, e.g. drop-layers:layers=6-11")
 
 
 def _hidden_input(block: list[Node], out: Node, prefix: str) -> Node:
     """The block's residual-stream input: the outside tensor of the output's shape and dtype that
     the block reads; of several, the one it reads first (a decoder block reads its hidden state
     before the encoder states of cross-attention)."""
-    inside, ref = set(block), node_val(out)
+    inside, ref = set(block), example_tensor(out)
     first_use: dict[Node, int] = {}
     for i, n in enumerate(block):
         for a in n.all_input_nodes:
-            v = node_val(a)
+            v = example_tensor(a)
             if a not in inside and a.op != "get_attr" and v is not None and v.dtype == ref.dtype and same_shape(v, ref):
                 first_use.setdefault(a, i)
     if not first_use:
@@ -52,7 +41,7 @@ def _hidden_input(block: list[Node], out: Node, prefix: str) -> Node:
 
 
 @register_pass("drop-layers")
-class DropLayers(FxbenchPass):
+class DropLayers(StackSurgery):
     """Remove transformer blocks (layers=6-11) from an encoder or decoder stack.
 
     Rules:
@@ -69,17 +58,11 @@ class DropLayers(FxbenchPass):
     """
 
     Options = DropLayersOptions
-    in_place = True
-    exact = False
 
     def call(self, graph_module: GraphModule) -> PassResult:
         gm, o = graph_module, self.options
-        prefix = choose_stack(gm, o.stack, self.name)
-        present = find_stacks(gm)[prefix]
-        counts = surgery_meta(gm).setdefault("blocks", {})
-        count = counts.setdefault(prefix, max(present) + 1)
-        wanted = resolve_indices(o.layers, count, prefix, self.name)
-        todo = [i for i in wanted if i in present]
+        prefix, present, count = self.stack(gm)
+        todo = [i for i in resolve_indices(o.layers, count, prefix, self.name) if i in present]
         if len(set(present) - set(todo)) == 0:
             raise PassOptionError(f"drop-layers: dropping {len(todo)} of the {len(present)} remaining blocks of {prefix} "
                                   "would leave none; keep at least one")
@@ -107,9 +90,9 @@ class DropLayers(FxbenchPass):
             out.replace_all_uses_with(hidden, delete_user_cb=lambda user: user not in inside)
             skipped_to[out] = hidden
             erased += erase_block(gm, block)
-        weights = prune_weights(gm, read_before)
+        weights = drop_weights(gm, read_before)
         gm.graph.lint()
         removed = params_before - sum(p.numel() for p in gm.parameters())
-        note(self, f"dropped {', '.join(f'{prefix}.{i}' for i in todo)}: {erased} nodes, {weights} weights, "
+        self.note(f"dropped {', '.join(f'{prefix}.{i}' for i in todo)}: {erased} nodes, {weights} weights, "
                    f"{removed:,} parameters")
         return PassResult(gm, True)

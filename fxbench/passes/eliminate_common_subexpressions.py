@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes.base import FxbenchPass, NoOptions, PassResult
 from fxbench.passes.registry import register_pass
-
-
-@dataclass(frozen=True)
-class EliminateCommonSubexpressionsOptions:
-    pass
 
 
 def _freeze(value: Any) -> Any:
@@ -52,7 +46,7 @@ class EliminateCommonSubexpressions(FxbenchPass):
     code generator that lets the exported module take named inputs.
     """
 
-    Options = EliminateCommonSubexpressionsOptions
+    Options = NoOptions
     in_place = True
 
     def call(self, graph_module: GraphModule) -> PassResult:

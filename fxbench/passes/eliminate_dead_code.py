@@ -4,40 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch.fx import GraphModule
 
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._graph import drop_weights
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult
 from fxbench.passes.registry import register_pass
 
 
 @dataclass(frozen=True)
-class EliminateDeadCodeOptions:
+class EliminateDeadCodeOptions(PassOptions):
     prune_weights: bool = True
-
-
-def _delete_attr(root: torch.nn.Module, qualified: str) -> None:
-    owner_path, _, attr = qualified.rpartition(".")
-    owner = root.get_submodule(owner_path) if owner_path else root
-    delattr(owner, attr)
-
-
-def prune_unused_weights(gm: GraphModule) -> int:
-    """Delete parameters, buffers and tensor constants that no get_attr node reads; return how many."""
-    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-    used_modules = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
-    names = [name for name, _ in gm.named_parameters(remove_duplicate=False)]
-    names += [name for name, _ in gm.named_buffers(remove_duplicate=False)]
-    names += [name for name, value in vars(gm).items() if isinstance(value, torch.Tensor)]
-    removed = 0
-    for name in dict.fromkeys(names):
-        if name in used or any(name.startswith(m + ".") for m in used_modules):
-            continue
-        _delete_attr(gm, name)
-        removed += 1
-    if removed:
-        gm.delete_all_unused_submodules()
-    return removed
 
 
 @register_pass("eliminate-dead-code")
@@ -57,5 +33,5 @@ class EliminateDeadCode(FxbenchPass):
 
     def call(self, graph_module: GraphModule) -> PassResult:
         changed = graph_module.graph.eliminate_dead_code()
-        pruned = prune_unused_weights(graph_module) if self.options.prune_weights else 0
+        pruned = drop_weights(graph_module) if self.options.prune_weights else 0
         return PassResult(graph_module, bool(changed) or pruned > 0)

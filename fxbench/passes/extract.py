@@ -9,18 +9,19 @@ from dataclasses import dataclass
 from torch.fx import GraphModule, Node
 
 from fxbench.errors import PassOptionError
-from fxbench.passes._surgery import block_nodes, match_paths, module_outputs, module_paths, note, prune_weights
-from fxbench.passes.base import FxbenchPass, PassResult, output_names, replace_outputs
+from fxbench.passes._graph import drop_weights, match_paths
+from fxbench.passes._surgery import block_nodes, module_outputs, module_paths
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult, output_names, replace_outputs
 from fxbench.passes.registry import register_pass
 
 
 @dataclass(frozen=True)
-class ExtractOptions:
-    outputs: tuple[str, ...] = ()  # module paths (encoder.layer.3, pooler), globs (encoder.layer.*) or output names
+class ExtractOptions(PassOptions):
+    outputs: tuple[str, ...] = ()  # module paths (encoder.layer.3, pooler), patterns (encoder.layer.*) or output names
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not self.outputs:
-            raise PassOptionError("extract needs the activations to output, e.g. extract:outputs=encoder.layer.3,pooler")
+            raise ValueError("needs the activations to output, e.g. extract:outputs=encoder.layer.3,pooler")
 
 
 def _natural(path: str) -> list[object]:
@@ -105,7 +106,6 @@ class Extract(FxbenchPass):
                 continue
             if not n.users:
                 gm.graph.erase_node(n)
-        weights = prune_weights(gm, read_before)
-        gm.recompile()
-        note(self, f"outputs {', '.join(names)}; {nodes_before - len(gm.graph.nodes)} nodes and {weights} weights after them removed")
+        weights = drop_weights(gm, read_before)
+        self.note(f"outputs {', '.join(names)}; {nodes_before - len(gm.graph.nodes)} nodes and {weights} weights after them removed")
         return PassResult(gm, True)

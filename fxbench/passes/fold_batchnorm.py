@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import itertools
 import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
-from fxbench.passes.base import FxbenchPass, PassResult
-from fxbench.passes.patterns import Match, add_tensor, find, get_tensor, is_check, release, set_meta
+from fxbench.passes._graph import add_tensor, drop_weights, example_tensor, get_tensor, set_meta
+from fxbench.passes.base import FxbenchPass, NoOptions, PassResult
+from fxbench.passes.patterns import Match, find, is_check
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
@@ -24,11 +24,6 @@ _PRODUCERS = (
     aten.convolution.default, aten.linear.default,
 )
 _NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
-
-
-@dataclass(frozen=True)
-class FoldBatchnormOptions:
-    pass
 
 
 def _producer_bn_pattern(x, weight, bias, a0, a1, a2, a3, a4, a5, start, end, bn_weight, bn_bias, mean, var, training,
@@ -72,10 +67,10 @@ def _folded(gm: GraphModule, match: Match) -> tuple[torch.Tensor, torch.Tensor] 
     if producer.target is aten.convolution.default and v["a3"] is not False:  # transposed: weight is (in, out, ...)
         return None
     normalized = _norm(match).args[0]  # the producer, or its flatten
-    out = normalized.meta.get("val")
+    out = example_tensor(normalized)
     if producer.target is aten.linear.default and (out is None or out.dim() != 2):
         return None  # BatchNorm1d on (N, C, L) normalizes dim 1, which a linear's features are not
-    if normalized is not producer and (v["start"] != 0 or out.shape[-1] != producer.meta["val"].shape[-1]):
+    if normalized is not producer and (v["start"] != 0 or out.shape[-1] != example_tensor(producer).shape[-1]):
         return None  # the flatten must keep the features last
     weight, mean, var = (get_tensor(gm, v[k]) for k in ("weight", "mean", "var"))
     if weight is None or mean is None or var is None or not weight.is_floating_point():
@@ -111,7 +106,7 @@ class FoldBatchnorm(FxbenchPass):
          nothing else reads them.
     """
 
-    Options = FoldBatchnormOptions
+    Options = NoOptions
     in_place = True
 
     def call(self, graph_module: GraphModule) -> PassResult:
@@ -131,7 +126,7 @@ class FoldBatchnorm(FxbenchPass):
                 # that the new ones can take their names.
                 producer.args = (producer.args[0], None, None, *producer.args[3:])
                 producer.kwargs = {k: a for k, a in producer.kwargs.items() if k not in ("weight", "bias")}
-                release(graph_module, stale + _num_batches_tracked(graph, match.values["mean"]))
+                drop_weights(graph_module, stale + _num_batches_tracked(graph, match.values["mean"]))
                 names = [add_tensor(graph_module, f"{owner}.{k}" if owner else k, t, parameter=True) for k, t in zip(("weight", "bias"), new)]
                 with graph.inserting_before(producer):
                     attrs = [graph.get_attr(name) for name in names]

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from fxbench.passes.base import FxbenchPass, PassResult
-from fxbench.passes.patterns import add_tensor, get_tensor, is_check, release, set_meta
+from fxbench.passes._graph import add_tensor, drop_weights, example_value, get_tensor, is_assert, set_meta
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
@@ -25,10 +25,10 @@ _NOT_STORED = {
 
 
 @dataclass(frozen=True)
-class FoldConstantsOptions:
+class FoldConstantsOptions(PassOptions):
     max_mib: float = 64.0  # results (and intermediates) larger than this stay computed at run time
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.max_mib < 0:
             raise ValueError(f"max_mib must be >= 0, got {self.max_mib}")
 
@@ -113,14 +113,14 @@ class FoldConstants(FxbenchPass):
             if node.op == "get_attr" and get_tensor(graph_module, node) is not None and str(node.target) not in written_attrs:
                 constant.add(node)
             elif _pure(node) and all(n in constant for n in node.all_input_nodes):
-                size = _nbytes(node.meta.get("val"))
+                size = _nbytes(example_value(node))
                 if size is not None and size <= limit:
                     constant.add(node)
         # Stored: constant nodes, not get_attr, with a run-time user; a kind not worth storing
         # gives up its constancy (and makes its inputs the frontier), until nothing changes.
         while True:
-            frontier = [n for n in constant if n.op != "get_attr" and any(u not in constant and not is_check(u, n) for u in n.users)]
-            dropped = [n for n in frontier if n.target in _NOT_STORED or not isinstance(n.meta.get("val"), torch.Tensor)]
+            frontier = [n for n in constant if n.op != "get_attr" and any(u not in constant and not is_assert(u) for u in n.users)]
+            dropped = [n for n in frontier if n.target in _NOT_STORED or not isinstance(example_value(n), torch.Tensor)]
             if not dropped:
                 break
             constant.difference_update(dropped)
@@ -138,16 +138,16 @@ class FoldConstants(FxbenchPass):
             node.replace_all_uses_with(attr)
         # Erase the folded nodes (now without users) from the last back, then the weights they read.
         for node in reversed(list(graph.nodes)):
-            if node in constant and node.op != "get_attr" and all(is_check(u, node) for u in node.users):
+            if node in constant and node.op != "get_attr" and all(is_assert(u) for u in node.users):
                 for check in list(node.users):  # a dtype check of a value computed at build time
                     graph.erase_node(check)
                 inputs.extend(node.all_input_nodes)
                 graph.erase_node(node)
         for node in inputs:  # weights that only checks read any more
-            if node.op == "get_attr" and not node._erased and node.users and all(is_check(u, node) for u in node.users):
+            if node.op == "get_attr" and not node._erased and node.users and all(is_assert(u) for u in node.users):
                 for check in list(node.users):
                     graph.erase_node(check)
-        release(graph_module, inputs)
+        drop_weights(graph_module, inputs)
         return PassResult(graph_module, True)
 
     @staticmethod

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._graph import example_tensor, same_shape
+from fxbench.passes.base import FxbenchPass, NoOptions, PassResult
 from fxbench.passes.patterns import Match, find, inline
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
-
-
-@dataclass(frozen=True)
-class FuseAttentionOptions:
-    pass
 
 
 def _sdpa_pattern(query, key, value, attn_mask, scale, key_dim0, key_dim1, softmax_dim, softmax_dtype, cast_dtype,
@@ -75,19 +69,16 @@ def _bindings(match: Match, divide: bool, masked: bool, cast: bool, dropout: boo
         if not isinstance(mask, torch.Tensor) or mask.dtype != dtype or summed is None:
             return None
         # The mask must broadcast into the scores, not widen them.
-        if mask.dim() > 4 or not _same_shape(summed.meta["val"], summed.args[0].meta["val"]):
+        if mask.dim() > 4 or not same_shape(example_tensor(summed), example_tensor(summed.args[0])):
             return None
     return {"query": v["query"], "key": v["key"], "value": v["value"], "attn_mask": v.get("attn_mask"),
             "scale": 1.0 / scale if divide else float(scale)}
 
 
-def _same_shape(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dim() == b.dim() and all(statically_known_true(x == y) for x, y in zip(a.shape, b.shape))
-
-
 def _add_node(match: Match) -> Node | None:
     adds = [n for n in match.nodes if n.target == aten.add.Tensor]
-    return adds[0] if len(adds) == 1 and "val" in adds[0].meta and "val" in adds[0].args[0].meta else None
+    found = adds[0] if len(adds) == 1 else None
+    return found if example_tensor(found) is not None and example_tensor(found.args[0]) is not None else None
 
 
 @register_pass("fuse-attention")
@@ -106,7 +97,7 @@ class FuseAttention(FxbenchPass):
          inserts on them excepted: they go with it).
     """
 
-    Options = FuseAttentionOptions
+    Options = NoOptions
     in_place = True
 
     def call(self, graph_module: GraphModule) -> PassResult:

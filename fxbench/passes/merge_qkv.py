@@ -11,19 +11,20 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from fxbench.passes.base import FxbenchPass, PassResult, module_path
-from fxbench.passes.patterns import add_tensor, get_tensor, insert, release, set_meta
+from fxbench.passes._graph import add_tensor, drop_weights, get_tensor, set_meta
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult, module_path
+from fxbench.passes.patterns import insert
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
-class MergeQkvOptions:
+class MergeQkvOptions(PassOptions):
     across_modules: bool = False  # also merge linears of different parent modules (Whisper's cross-attention k/v of every layer)
     min_linears: int = 2  # the smallest group merged
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.min_linears < 2:
             raise ValueError(f"min_linears must be >= 2 (a group of one is already one linear), got {self.min_linears}")
 
@@ -133,4 +134,4 @@ class MergeQkv(FxbenchPass):
                     user.target = aten.reshape.default
             old.replace_all_uses_with(piece)
             graph.erase_node(old)
-        release(gm, stale)
+        drop_weights(gm, stale)

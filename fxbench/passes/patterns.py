@@ -1,25 +1,21 @@
-"""Shared by the rewrite passes: ATen patterns traced once and matched, new nodes' meta, weights added and released."""
+"""Rewrite patterns: plain functions of ATen ops, traced once and matched; replacements put in their place."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._guards import detect_fake_mode
 from torch.fx import Graph, GraphModule, Node
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
-__all__ = ["Match", "add_tensor", "find", "get_tensor", "inline", "insert", "is_check", "release", "set_meta", "trace"]
+from fxbench.passes._graph import add_tensor, example_value, get_tensor, is_assert, set_meta
 
-aten = torch.ops.aten
-# Checks that export inserts on values (dtype, device): they may read a matched node and go with it.
-_CHECKS = {aten._assert_tensor_metadata.default}
-# What a new node inherits from the node it stands for, so module paths and source lines survive.
-_INHERITED = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node")
+__all__ = ["Match", "find", "inline", "insert", "is_check", "replace", "trace", "trace_torch"]
 
 
 @functools.cache
@@ -37,9 +33,35 @@ def trace(fn: Callable[..., Any], **flags: Any) -> Graph:
     return graph
 
 
+_TORCH_TRACES: dict[tuple[Any, ...], Graph] = {}
+
+
+def trace_torch(fn: Callable[..., Any], args: Sequence[Any]) -> Graph:
+    """`fn(*args)` written in any PyTorch code, as the ATen ops export would record (make_fx,
+    pre-dispatch, symbolic sizes): each tensor argument (only its dtype and rank count) is a
+    placeholder named arg0, arg1, ...; the other arguments are baked in. Cached by `fn` and the
+    arguments' kinds. Tensor constants `fn` makes stay in the graph's module (insert copies them)."""
+    key = (fn, tuple((a.dtype, a.dim()) if isinstance(a, torch.Tensor) else repr(a) for a in args))
+    if key not in _TORCH_TRACES:
+        examples = [torch.randn([2 + i for i in range(a.dim())]).to(a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+        positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+        def tensors_only(*tensors: torch.Tensor) -> Any:
+            full = list(examples)
+            for i, t in zip(positions, tensors):
+                full[i] = t
+            return fn(*full)
+
+        graph = make_fx(tensors_only, tracing_mode="symbolic", pre_dispatch=True)(*[examples[i] for i in positions]).graph
+        for i, p in enumerate(graph.find_nodes(op="placeholder")):
+            p.target = f"arg{i}"
+        _TORCH_TRACES[key] = graph
+    return _TORCH_TRACES[key]
+
+
 def is_check(user: Node, node: Node) -> bool:
     """Whether `user` only checks `node` (export's dtype asserts): it may go with a matched node."""
-    return user.target in _CHECKS
+    return is_assert(user)
 
 
 class _Matcher(SubgraphMatcher):
@@ -71,8 +93,7 @@ class Match:
 
     def val(self, name: str) -> Any:
         """The example value (a FakeTensor) that a placeholder's node carries, else None."""
-        value = self.values.get(name)
-        return value.meta.get("val") if isinstance(value, Node) else None
+        return example_value(self.values.get(name))
 
 
 def find(gm: GraphModule, pattern: Callable[..., Any], *, allow: Callable[[Node, Node], bool] = is_check, **flags: Any) -> list[Match]:
@@ -88,18 +109,24 @@ def find(gm: GraphModule, pattern: Callable[..., Any], *, allow: Callable[[Node,
     return matches
 
 
-def insert(graph: Graph, replacement: Callable[..., Any], values: dict[str, Any], before: Node, like: Node | None = None,
-           *, drop_modules: int = 0, same_value: bool = False, **flags: Any) -> Node:
-    """Insert `replacement` (traced with `flags`; placeholders bound by name from `values`, nodes or
-    literals) before `before`; its new nodes get their meta from `like` (see set_meta), the output
-    `like`'s example value as it is if `same_value` (it computes the same thing)."""
-    rgraph = trace(replacement, **flags)
+def insert(graph: Graph, replacement: Callable[..., Any] | Graph, values: dict[str, Any], before: Node, like: Node | None = None,
+           *, drop_modules: int = 0, same_value: bool = False, meta: dict[str, Any] | None = None, **flags: Any) -> Node:
+    """Insert `replacement` (a function traced with `flags`, or a graph from trace_torch;
+    placeholders bound by name from `values`, nodes or literals) before `before`; return its output.
+    Its new nodes get `meta` and their module stack, source and example values as set_meta gives
+    them from `like`; the output takes `like`'s example value as it is if `same_value` (it computes
+    the same thing)."""
+    rgraph = replacement if isinstance(replacement, Graph) else trace(replacement, **flags)
     val_map: dict[Node, Any] = {p: values[str(p.target)] for p in rgraph.find_nodes(op="placeholder")}
     with graph.inserting_before(before):
+        for const in rgraph.find_nodes(op="get_attr"):  # a tensor the traced code made
+            tensor = get_tensor(rgraph.owning_module, const, plain=False)
+            val_map[const] = graph.get_attr(add_tensor(graph.owning_module, "_fxbench_constant", tensor, parameter=False))
         out = graph.graph_copy(rgraph, val_map)
     if not isinstance(out, Node):
-        raise TypeError(f"{replacement.__name__} must return one value")
-    for node in (val_map[n] for n in rgraph.nodes if n.op == "call_function"):
+        raise TypeError(f"{getattr(replacement, '__name__', 'the replacement')} must return one value")
+    for node in (val_map[n] for n in rgraph.nodes if n.op in ("call_function", "get_attr")):
+        node.meta = dict(meta or {})  # not the traced graph's own meta
         if node is out and same_value and like is not None and "val" in like.meta:
             # Propagating fake values through a fused op (SDPA decomposes) costs far more than this.
             set_meta(node, like=like, drop_modules=drop_modules, propagate=False)
@@ -109,117 +136,21 @@ def insert(graph: Graph, replacement: Callable[..., Any], values: dict[str, Any]
     return out
 
 
-def inline(gm: GraphModule, replacement: Callable[..., Any], values: dict[str, Any], match: Match, **flags: Any) -> Node:
-    """Put `replacement` in the place of `match` (see insert): its output takes the anchor's users;
-    the matched nodes, and export's checks on them, are erased."""
-    graph = gm.graph
-    out = insert(graph, replacement, values, match.anchor, like=match.anchor, same_value=True, **flags)
-    match.anchor.replace_all_uses_with(out)
+def replace(match: Match, new: Node) -> None:
+    """Put `new` in the place of `match`: it takes the anchor's users; the matched nodes, and
+    export's checks on them, are erased."""
+    graph = match.anchor.graph
+    match.anchor.replace_all_uses_with(new)
     for node in reversed(match.nodes):
-        for user in [u for u in node.users if u.target in _CHECKS]:
+        for user in [u for u in node.users if is_assert(u)]:
             graph.erase_node(user)
         graph.erase_node(node)
+
+
+def inline(gm: GraphModule, replacement: Callable[..., Any] | Graph, values: dict[str, Any], match: Match, *,
+           meta: dict[str, Any] | None = None, **flags: Any) -> Node:
+    """Put `replacement` in the place of `match` (see insert and replace) and return its output,
+    which keeps the anchor's example value; the other new nodes get theirs computed."""
+    out = insert(gm.graph, replacement, values, match.anchor, like=match.anchor, same_value=True, meta=meta, **flags)
+    replace(match, out)
     return out
-
-
-def set_meta(node: Node, like: Node | None = None, *, drop_modules: int = 0, propagate: bool = True) -> None:
-    """Give a new node the module stack and source of `like` (less its `drop_modules` innermost
-    modules) and, if `propagate`, an example value computed in the graph's fake mode, as export's
-    nodes have."""
-    if like is not None:
-        for key in _INHERITED:
-            if key in like.meta:
-                node.meta[key] = like.meta[key]
-        stack = like.meta.get("nn_module_stack")
-        if stack and drop_modules:
-            node.meta["nn_module_stack"] = dict(list(stack.items())[:-drop_modules])
-    if not propagate:
-        return
-    if node.op == "get_attr":
-        args: tuple[Any, ...] = ()
-    else:
-        args = tuple(node.all_input_nodes)
-    for arg in args:
-        if arg.op == "get_attr" and "val" not in arg.meta:
-            set_meta(arg)
-    mode = detect_fake_mode([a.meta.get("val") for a in args] or None)
-    if node.op == "get_attr":
-        tensor = get_tensor(node.graph.owning_module, node)
-        mode = mode or detect_fake_mode([n.meta.get("val") for n in node.graph.nodes if n.op == "placeholder"])
-        if mode is not None and tensor is not None:
-            node.meta["val"] = mode.from_tensor(tensor, static_shapes=True)
-        return
-    if mode is None or not callable(node.target):
-        return
-    fake = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val"))
-    try:
-        with mode:
-            node.meta["val"] = node.target(*fake[0], **fake[1])
-    except Exception:  # noqa: BLE001 - meta is advisory; an op without a fake kernel leaves none
-        node.meta.pop("val", None)
-
-
-def get_tensor(gm: GraphModule | None, value: Any) -> torch.Tensor | None:
-    """The plain tensor a get_attr node reads (parameter, buffer or constant), else None."""
-    if gm is None or not isinstance(value, Node) or value.op != "get_attr":
-        return None
-    try:
-        tensor = torch.fx.graph_module._get_attr(gm, str(value.target))
-    except AttributeError:
-        return None
-    # A tensor subclass (a quantized weight) has its own layout: rewriting its values would lose it.
-    return tensor if type(tensor) in (torch.Tensor, torch.nn.Parameter) else None
-
-
-def _owner(gm: torch.nn.Module, qualname: str, create: bool = False) -> tuple[torch.nn.Module, str]:
-    path, _, attr = qualname.rpartition(".")
-    owner = gm
-    for part in filter(None, path.split(".")):
-        if not hasattr(owner, part) and create:
-            owner.add_module(part, torch.nn.Module())
-        owner = getattr(owner, part)
-    return owner, attr
-
-
-def add_tensor(gm: GraphModule, qualname: str, tensor: torch.Tensor, *, parameter: bool) -> str:
-    """Register `tensor` as a parameter (weights) or buffer (derived constants) at `qualname`, or
-    at `qualname_1`, `_2`, ... if that is taken; return the name used."""
-    name, i = qualname, 0
-    while True:
-        owner, attr = _owner(gm, name, create=True)
-        if not hasattr(owner, attr):
-            break
-        i += 1
-        name = f"{qualname}_{i}"
-    if parameter:
-        owner.register_parameter(attr, torch.nn.Parameter(tensor, requires_grad=False))
-    else:
-        owner.register_buffer(attr, tensor)
-    return name
-
-
-def _empty(module: torch.nn.Module) -> bool:
-    state = (*module._parameters.values(), *module._buffers.values(), *module._modules.values())
-    return all(v is None for v in state) and not any(isinstance(v, torch.Tensor) for v in vars(module).values())
-
-
-def release(gm: GraphModule, nodes: Iterable[Any]) -> int:
-    """Erase those of `nodes` that are get_attr nodes left without users, delete the attributes
-    that no get_attr reads any more, and modules left empty by that; return how many were deleted."""
-    targets = set()
-    for node in dict.fromkeys(n for n in nodes if isinstance(n, Node)):
-        if node.op == "get_attr" and not node.users and not node._erased and node.graph is gm.graph:
-            targets.add(str(node.target))
-            gm.graph.erase_node(node)
-    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-    deleted = 0
-    for qualname in sorted(targets - read):
-        owner, attr = _owner(gm, qualname)
-        delattr(owner, attr)
-        deleted += 1
-        path = qualname.rpartition(".")[0]
-        while path and _empty(owner):
-            parent, child = _owner(gm, path)
-            delattr(parent, child)
-            owner, path = parent, path.rpartition(".")[0]
-    return deleted

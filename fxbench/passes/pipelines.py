@@ -34,55 +34,28 @@ class Pipeline:
 #      but running it first keeps it from folding float weights that are about to be quantized);
 #   4. common subexpressions and dead code last, to sweep what every pass before left behind.
 _FUSIONS = ("fuse-attention", "fold-batchnorm", "fold-constants")
+# For GPUs, q/k/v (and gate/up) merged into one GEMM too; ONNX Runtime on CPU fuses them itself.
+_MERGED = ("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants")
 
 
 def _preset(*middle: str) -> tuple[str, ...]:
     return (*_CLEANUP_HEAD, *middle, *_CLEANUP_TAIL)
 
 
-PIPELINES: dict[str, Pipeline] = {
-    p.name: p
-    for p in (
-        Pipeline("O1", "clean-up: no-op removal, common subexpressions, dead code", _preset()),
-        Pipeline(
-            "O2",
-            "O1 + fusions: eager attention to SDPA, batch norms into convs, constants precomputed "
-            "(q/k/v stay separate linears: ONNX Runtime fuses them into its Attention kernel)",
-            _preset(*_FUSIONS),
-        ),
-        Pipeline(
-            "O3",
-            "O2 + q/k/v and gate/up merged + fp16 (norms, softmax, reductions kept fp32), for GPUs",
-            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "to-fp16"),
-            device="cuda",
-        ),
-        Pipeline(
-            "bf16",
-            "O2 + q/k/v and gate/up merged + bf16 (norms, softmax, reductions kept fp32), for GPUs",
-            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "to-bf16"),
-            device="cuda",
-        ),
-        Pipeline(
-            "int8-cpu",
-            "O2 + static int8 linears (calibrated per-tensor uint8 activations, per-channel int8 weights), "
-            "for ONNX Runtime's CPU int8 kernels",
-            _preset(*_FUSIONS, "quantize-int8-static"),
-            device="cpu",
-        ),
-        Pipeline(
-            "int8-gpu",
-            "O2 + q/k/v merged + static int8 linears with symmetric int8 activations (TensorRT's Q/DQ form)",
-            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "quantize-int8-static:activation_dtype=int8"),
-            device="cuda",
-        ),
-        Pipeline(
-            "fp8",
-            "O2 + q/k/v merged + float8 e4m3 weights and activations, for Hopper-class GPUs",
-            _preset("fuse-attention", "fold-batchnorm", "merge-qkv", "fold-constants", "quantize-fp8"),
-            device="cuda",
-        ),
-    )
-}
+_LOW = "(norms, softmax, reductions kept fp32), for GPUs"
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
+    Pipeline("O1", "clean-up: no-op removal, common subexpressions, dead code", _preset()),
+    Pipeline("O2", "O1 + fusions: eager attention to SDPA, batch norms into convs, constants precomputed "
+                   "(q/k/v stay separate linears: ONNX Runtime fuses them into its Attention kernel)", _preset(*_FUSIONS)),
+    Pipeline("O3", f"O2 + q/k/v and gate/up merged + fp16 {_LOW}", _preset(*_MERGED, "to-fp16"), device="cuda"),
+    Pipeline("bf16", f"O2 + q/k/v and gate/up merged + bf16 {_LOW}", _preset(*_MERGED, "to-bf16"), device="cuda"),
+    Pipeline("int8-cpu", "O2 + static int8 linears (calibrated per-tensor uint8 activations, per-channel int8 weights), "
+                         "for ONNX Runtime's CPU int8 kernels", _preset(*_FUSIONS, "quantize-int8-static"), device="cpu"),
+    Pipeline("int8-gpu", "O2 + q/k/v merged + static int8 linears with symmetric int8 activations (TensorRT's Q/DQ form)",
+             _preset(*_MERGED, "quantize-int8-static:activation_dtype=int8"), device="cuda"),
+    Pipeline("fp8", "O2 + q/k/v merged + float8 e4m3 weights and activations, for Hopper-class GPUs",
+             _preset(*_MERGED, "quantize-fp8"), device="cuda"),
+)}
 
 DEFAULT_PIPELINE = "O2"
 

@@ -10,21 +10,10 @@ import torch
 from torch.fx import GraphModule
 
 from fxbench.errors import PassOptionError
-from fxbench.passes._surgery import (
-    AttentionSite,
-    attention_sites,
-    attr_value,
-    choose_stack,
-    find_stacks,
-    head_axes,
-    note,
-    projection_weight,
-    refresh_vals,
-    resolve_indices,
-    rescale_sizes,
-    surgery_meta,
-)
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._attention import AttentionSite, attention_sites, head_axes, projection_weight, rescale_sizes
+from fxbench.passes._graph import get_tensor, refresh_values, set_tensor, within
+from fxbench.passes._surgery import StackSurgery, resolve_indices, surgery_meta
+from fxbench.passes.base import PassOptions, PassResult
 from fxbench.passes.registry import register_pass
 
 _ITEM = re.compile(r"^(\*|\d+(?:-\d+)?):(\d+(?:-\d+)?(?:\+\d+(?:-\d+)?)*)$")
@@ -36,18 +25,18 @@ def _span(text: str) -> range:
 
 
 @dataclass(frozen=True)
-class PruneHeadsOptions:
+class PruneHeadsOptions(PassOptions):
     heads: tuple[str, ...] = ()  # LAYERS:HEADS items: 0:1+3 (layer 0, heads 1 and 3), 2-5:0, *:0-1
     ratio: float = 0.0  # or: this share of each layer's heads (KV groups), lowest weight norm first
     layers: tuple[int, ...] = ()  # with ratio: only these layers (default: all)
     stack: str = ""  # which block stack when the model has several (decoder, model.encoder.layers)
     attention: str = ""  # only attention modules of this name in a block (self_attn, encoder_attn)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if bool(self.heads) == bool(self.ratio):
-            raise PassOptionError("prune-heads needs heads=LAYER:HEAD+HEAD,... or ratio=0.25 (one of them)")
+            raise ValueError("needs heads=LAYER:HEAD+HEAD,... or ratio=0.25 (one of them)")
         if self.ratio and not 0 < self.ratio < 1:
-            raise PassOptionError(f"prune-heads: ratio={self.ratio} must lie between 0 and 1")
+            raise ValueError(f"ratio={self.ratio} must lie between 0 and 1")
         self.plan()
 
     def plan(self) -> dict[int | None, set[int]]:
@@ -56,19 +45,11 @@ class PruneHeadsOptions:
         for item in self.heads:
             m = _ITEM.match(item.replace(" ", ""))
             if m is None:
-                raise PassOptionError(f"prune-heads: {item!r} is not LAYER:HEAD+HEAD (e.g. 0:1+3, 2-5:0, *:0)")
+                raise ValueError(f"{item!r} is not LAYER:HEAD+HEAD (e.g. 0:1+3, 2-5:0, *:0)")
             heads = {h for part in m[2].split("+") for h in _span(part)}
             for layer in ([None] if m[1] == "*" else _span(m[1])):
                 out.setdefault(layer, set()).update(heads)
         return out
-
-
-def _set_tensor(gm: GraphModule, target: str, value: torch.Tensor) -> None:
-    """Replace a weight by a new tensor (never in place: the captured program shares the old one)."""
-    owner_path, _, attr = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    old = getattr(owner, attr)
-    setattr(owner, attr, torch.nn.Parameter(value, old.requires_grad) if isinstance(old, torch.nn.Parameter) else value)
 
 
 def _check_unshared(gm: GraphModule, site: AttentionSite) -> None:
@@ -80,13 +61,6 @@ def _check_unshared(gm: GraphModule, site: AttentionSite) -> None:
                                       "layers?); cannot prune it in one place")
 
 
-def _named(path: str, name: str) -> bool:
-    """Whether an attention's path inside its block ("3.attention.self") is called `name`
-    ("self", "attention.self", "encoder_attn")."""
-    rel = path.split(".", 1)[-1]
-    return rel == name or rel.startswith(name + ".") or rel.endswith("." + name) or f".{name}." in f".{rel}."
-
-
 def _slice_projections(gm: GraphModule, site: AttentionSite, keep_heads: list[int], keep_groups: list[int]) -> None:
     """Keep the q rows of `keep_heads`, the k/v rows of `keep_groups` (also inside a fused qkv
     projection, by each role's offset) and the matching input columns of the output projection."""
@@ -94,16 +68,16 @@ def _slice_projections(gm: GraphModule, site: AttentionSite, keep_heads: list[in
     for role, kept in ((site.q, keep_heads), (site.k, keep_groups), (site.v, keep_groups)):
         w, _, axis = projection_weight(role.projection)
         dropped = {role.offset + h * role.head_dim + j for h in range(role.heads) if h not in kept for j in range(role.head_dim)}
-        keep[role.projection] = keep.get(role.projection, set(range(attr_value(gm, w.target).shape[axis]))) - dropped
+        keep[role.projection] = keep.get(role.projection, set(range(get_tensor(gm, w.target).shape[axis]))) - dropped
     for proj, channels in keep.items():
         index = torch.tensor(sorted(channels))
         for t, axis in zip(projection_weight(proj)[:2], (projection_weight(proj)[2], 0)):
             if t is not None:
-                _set_tensor(gm, str(t.target), attr_value(gm, t.target).index_select(axis, index).clone())
+                set_tensor(gm, str(t.target), get_tensor(gm, t.target).index_select(axis, index).clone())
     w, _, axis = projection_weight(site.out_proj)
     d = site.q.head_dim
     columns = torch.tensor([h * d + j for h in keep_heads for j in range(d)])
-    _set_tensor(gm, str(w.target), attr_value(gm, w.target).index_select(1 - axis, columns).clone())
+    set_tensor(gm, str(w.target), get_tensor(gm, w.target).index_select(1 - axis, columns).clone())
 
 
 def _group_norms(gm: GraphModule, site: AttentionSite) -> list[float]:
@@ -112,18 +86,18 @@ def _group_norms(gm: GraphModule, site: AttentionSite) -> list[float]:
     rep, norms = site.q.heads // site.k.heads, [0.0] * site.k.heads
     for role, per in ((site.q, rep), (site.k, 1), (site.v, 1)):
         w, _, axis = projection_weight(role.projection)
-        weight = attr_value(gm, w.target).detach()
+        weight = get_tensor(gm, w.target).detach()
         for h in range(role.heads):
             norms[h // per] += float(weight.narrow(axis, role.offset + h * role.head_dim, role.head_dim).pow(2).sum())
     w, _, axis = projection_weight(site.out_proj)
-    weight, d = attr_value(gm, w.target).detach(), site.q.head_dim
+    weight, d = get_tensor(gm, w.target).detach(), site.q.head_dim
     for h in range(site.q.heads):
         norms[h // rep] += float(weight.narrow(1 - axis, h * d, d).pow(2).sum())
     return norms
 
 
 @register_pass("prune-heads")
-class PruneHeads(FxbenchPass):
+class PruneHeads(StackSurgery):
     """Remove attention heads (heads=0:1+3,2:0 or ratio=0.25), shrinking the projections to match.
 
     Rules:
@@ -146,17 +120,15 @@ class PruneHeads(FxbenchPass):
     """
 
     Options = PruneHeadsOptions
-    in_place = True
-    exact = False
 
     def call(self, graph_module: GraphModule) -> PassResult:
         gm, o = graph_module, self.options
-        prefix = choose_stack(gm, o.stack, self.name)
-        blocks = surgery_meta(gm).setdefault("blocks", {}).setdefault(prefix, max(find_stacks(gm)[prefix]) + 1)
+        prefix, _, blocks = self.stack(gm)
         plan = o.plan() if o.heads else {}
         resolve_indices([i for i in [*plan, *o.layers] if i is not None], blocks, prefix, self.name)
         kept_by_site = surgery_meta(gm).setdefault("heads", {})
-        sites = [s for s in attention_sites(gm, prefix) if not o.attention or _named(s.path[len(prefix) + 1:], o.attention)]
+        # attention= names a module anywhere inside a block ("self", "attention.self", "encoder_attn").
+        sites = [s for s in attention_sites(gm, prefix) if not o.attention or within(s.path, [f"{prefix}.*.**.{o.attention}"])]
         if not sites:
             raise PassOptionError(f"prune-heads: no attention{' named ' + o.attention if o.attention else ''} found in {prefix}")
         params_before, done, work = sum(p.numel() for p in gm.parameters()), [], []
@@ -200,12 +172,12 @@ class PruneHeads(FxbenchPass):
             rescale_sizes(region, axes, len(keep_groups), site.k.heads)
             projections = {site.q.projection, site.k.projection, site.v.projection, site.out_proj}
             weights = [t for p in projections for t in projection_weight(p)[:2] if t is not None]
-            refresh_vals(gm, [*weights, *projections, *region])
+            refresh_values(gm, [*weights, *projections, *region])
             done.append(f"{site.path} -{'+'.join(str(kept[i]) for i in drop)} ({len(keep_heads)}/{info['heads']} left)")
             info["kept"] = [kept[i] for i in keep_heads]
         if not done:
             return PassResult(gm, False)
         gm.graph.lint()
         removed = params_before - sum(p.numel() for p in gm.parameters())
-        note(self, f"pruned heads {'; '.join(done)}: {removed:,} parameters")
+        self.note(f"pruned heads {'; '.join(done)}: {removed:,} parameters")
         return PassResult(gm, True)

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
-from fxbench.passes._quantize import (
-    Editor, choose_fallback, find_linears, group_by_input, qd, quantize_sites, select_sites, skip_summary,
-)
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._quantize import ActivationQuantization, Editor, InputQuantizer, LinearSite, QuantizeOptions, qd
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
-class QuantizeInt8DynamicOptions:
-    # Linears left in float: keywords first / last / head, module paths ("lm_head") or node names.
-    skip: tuple[str, ...] = ("head",)
-    fallback: int = 2  # at most this many more linears kept float, the most sensitive first, ...
-    target: float = 0.99  # ... while the outputs' cosine to the float program on the sample is below this
-
-    def __post_init__(self) -> None:
-        if self.fallback < 0:
-            raise ValueError(f"fallback {self.fallback} must be at least 0")
-        if not 0.0 < self.target <= 1.0:
-            raise ValueError(f"target {self.target} must be a cosine in (0, 1]")
+class QuantizeInt8DynamicOptions(QuantizeOptions):
+    """skip, fallback and target: nothing to calibrate."""
 
 
 def _per_token(editor: Editor, x: Node, before: Node) -> Node:
@@ -49,7 +38,7 @@ def _per_token(editor: Editor, x: Node, before: Node) -> Node:
 
 
 @register_pass("quantize-int8-dynamic")
-class QuantizeInt8Dynamic(FxbenchPass):
+class QuantizeInt8Dynamic(ActivationQuantization):
     """Int8 weights per channel and int8 activations per token, quantized at run time, for linear layers.
 
     Rules:
@@ -66,25 +55,7 @@ class QuantizeInt8Dynamic(FxbenchPass):
     """
 
     Options = QuantizeInt8DynamicOptions
-    in_place = True
     precision = "int8"
 
-    def call(self, graph_module: GraphModule) -> PassResult:
-        sites = find_linears(graph_module)
-        chosen, skipped = select_sites(graph_module, sites, self.options.skip, fp32_activations=True)
-        weights: dict = {}  # quantized weights, shared by the fallback trials and the rewrite
-        self.details = {"quantized": 0, "skipped": skip_summary(sites, skipped)}
-        if not chosen:
-            return PassResult(graph_module, False)
-        probe = self.require_context().inputs if self.options.fallback else {}
-        fallback = choose_fallback(graph_module, chosen, _per_token, torch.int8, probe, limit=self.options.fallback,
-                                   target=self.options.target, weights=weights)
-        for site in fallback.sites:
-            skipped[site.node.name] = "fallback"
-        chosen = [s for s in chosen if s not in fallback.sites]
-        dropped = quantize_sites(graph_module, chosen, _per_token, torch.int8, weights=weights).finish()
-        self.details = {
-            "quantized": len(chosen), "activation_groups": len(group_by_input(chosen)),
-            "skipped": skip_summary(sites, skipped), "fallback": fallback.record(), "float_weights_removed": dropped,
-        }
-        return PassResult(graph_module, bool(chosen))
+    def input_quantizer(self, gm: GraphModule, chosen: list[LinearSite]) -> tuple[InputQuantizer, dict[str, Any]]:
+        return _per_token, {}

@@ -3,41 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.fx import GraphModule, Node
 
+from fxbench.passes._calibration import calibration_batches, observe_inputs, percentile_observer_class
 from fxbench.passes._quantize import (
-    Editor, calibration_batches, check_calibration_file, choose_fallback, find_linears, group_by_input, observe_inputs,
-    percentile_observer_class, qd, quantize_sites, select_sites, skip_summary,
+    ActivationQuantization, CalibratedOptions, Editor, InputQuantizer, LinearSite, group_by_input, qd,
 )
-from fxbench.passes.base import FxbenchPass, PassResult
 from fxbench.passes.registry import register_pass
 
 
 @dataclass(frozen=True)
-class QuantizeInt8StaticOptions:
-    # Linears left in float: keywords first / last / head, module paths ("encoder.layer.5") or node names.
+class QuantizeInt8StaticOptions(CalibratedOptions):
     skip: tuple[str, ...] = ("first", "last", "head")
     method: Literal["min-max", "percentile", "histogram"] = "min-max"
     percentile: float = 99.99  # for method=percentile
-    calibration: str = ""  # a .txt of sentences (one a line), or a .pt / .safetensors dict of inputs
-    samples: int = 48  # without a file: this many of the model's own sample inputs
-    seq: int = 64  # tokens per sentence when calibrating on text
-    batch_size: int = 16
     activation_dtype: Literal["uint8", "int8"] = "uint8"
-    fallback: int = 2  # at most this many more linears kept float, the most sensitive first, ...
-    target: float = 0.99  # ... while the outputs' cosine to the float program on the sample is below this
 
-    def __post_init__(self) -> None:
-        check_calibration_file(self.calibration)
+    def validate(self) -> None:
+        super().validate()
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile {self.percentile} must be in (50, 100]")
-        if self.samples < 1 or self.batch_size < 1 or self.seq < 2 or self.fallback < 0:
-            raise ValueError("samples and batch_size must be at least 1, seq at least 2, fallback at least 0")
-        if not 0.0 < self.target <= 1.0:
-            raise ValueError(f"target {self.target} must be a cosine in (0, 1]")
 
 
 def _observer(options: QuantizeInt8StaticOptions):  # noqa: ANN202 - a torchao observer constructor
@@ -55,7 +43,7 @@ def _observer(options: QuantizeInt8StaticOptions):  # noqa: ANN202 - a torchao o
 
 
 @register_pass("quantize-int8-static")
-class QuantizeInt8Static(FxbenchPass):
+class QuantizeInt8Static(ActivationQuantization):
     """Int8 linears with activation scales calibrated ahead of time: per-channel weights, per-tensor activations.
 
     Rules:
@@ -77,20 +65,13 @@ class QuantizeInt8Static(FxbenchPass):
     """
 
     Options = QuantizeInt8StaticOptions
-    in_place = True
     precision = "int8"
 
-    def call(self, graph_module: GraphModule) -> PassResult:
+    def input_quantizer(self, gm: GraphModule, chosen: list[LinearSite]) -> tuple[InputQuantizer, dict[str, Any]]:
         o = self.options
-        sites = find_linears(graph_module)
-        chosen, skipped = select_sites(graph_module, sites, o.skip, fp32_activations=True)
-        weights: dict = {}  # quantized weights, shared by the fallback trials and the rewrite
-        self.details = {"quantized": 0, "skipped": skip_summary(sites, skipped)}
-        if not chosen:
-            return PassResult(graph_module, False)
-        context = self.require_context()
-        batches = calibration_batches(context, path=o.calibration, samples=o.samples, seq=o.seq, batch_size=o.batch_size, label=self.name)
-        observers = observe_inputs(graph_module, group_by_input(chosen), batches, _observer(o))
+        batches = calibration_batches(self.require_context(), path=o.calibration, samples=o.samples, seq=o.seq,
+                                      batch_size=o.batch_size, label=self.name)
+        observers = observe_inputs(gm, group_by_input(chosen), batches, _observer(o))
         dtype = torch.uint8 if o.activation_dtype == "uint8" else torch.int8
         lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
         qparams = {x: (float(obs.calculate_qparams()[0].flatten()[0]), int(obs.calculate_qparams()[1].flatten()[0]))
@@ -101,17 +82,6 @@ class QuantizeInt8Static(FxbenchPass):
             q = editor.call(qd.quantize_per_tensor.default, (x, scale, zero_point, lo, hi, dtype), before=before)
             return editor.call(qd.dequantize_per_tensor.default, (q, scale, zero_point, lo, hi, dtype), before=before)
 
-        fallback = choose_fallback(graph_module, chosen, quantize_input, torch.int8, context.inputs, limit=o.fallback,
-                                   target=o.target, weights=weights)
-        for site in fallback.sites:
-            skipped[site.node.name] = "fallback"
-        chosen = [s for s in chosen if s not in fallback.sites]
-        dropped = quantize_sites(graph_module, chosen, quantize_input, torch.int8, weights=weights).finish()
-        self.details = {
-            "quantized": len(chosen), "activation_groups": len(group_by_input(chosen)), "skipped": skip_summary(sites, skipped),
-            "fallback": fallback.record(),
-            "calibration": {"source": o.calibration or "sample inputs", "batches": len(batches),
-                            "rows": sum(int(next(iter(b.values())).shape[0]) for b in batches), "method": o.method},
-            "float_weights_removed": dropped,
-        }
-        return PassResult(graph_module, bool(chosen))
+        rows = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+        calibration = {"source": o.calibration or "sample inputs", "batches": len(batches), "rows": rows, "method": o.method}
+        return quantize_input, {"calibration": calibration}

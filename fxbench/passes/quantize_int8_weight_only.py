@@ -8,12 +8,12 @@ import torch
 from torch.fx import GraphModule
 
 from fxbench.passes._quantize import Editor, find_linears, select_sites, skip_summary
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult
 from fxbench.passes.registry import register_pass
 
 
 @dataclass(frozen=True)
-class QuantizeInt8WeightOnlyOptions:
+class QuantizeInt8WeightOnlyOptions(PassOptions):
     # Linears left in float: keywords first / last / head, module paths ("lm_head") or node names.
     skip: tuple[str, ...] = ()
 

@@ -1,4 +1,4 @@
-"""The pass registry: a decorator into one dict, built-ins found by module, plugins by entry point."""
+"""The pass registry: a decorator into one dict, built-ins found by module, plugins by entry point, each loaded when asked for."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from fxbench.errors import PassOptionError, UnknownPassError
-from fxbench.passes.base import FxbenchPass
+from fxbench.passes.base import FxbenchPass, NoOptions, PassOptions
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PassInfo",
     "available_passes",
+    "builtin_modules",
     "create_pass",
     "get_pass",
     "parse_pass_spec",
@@ -31,7 +32,7 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "fxbench.passes"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-# Modules of fxbench.passes that hold infrastructure, not passes.
+# Modules of fxbench.passes that hold the framework, not passes (private helpers start with "_").
 _NOT_PASSES = {"base", "registry", "pipelines", "runner", "patterns"}
 
 P = TypeVar("P", bound=type[FxbenchPass])
@@ -44,8 +45,9 @@ class PassInfo:
 
 
 _REGISTRY: dict[str, PassInfo] = {}
-_loaded = False
+_loaded = False  # every built-in and plugin imported (available_passes)
 _plugin_errors: dict[str, str] = {}
+_tried: set[str] = set()  # modules and entry points already imported, or tried
 _current_origin = "built-in"
 
 
@@ -63,43 +65,60 @@ def register_pass(name: str) -> typing.Callable[[P], P]:
         if existing is not None and existing.cls is not cls:
             raise ValueError(f"pass {name!r} is registered twice: {existing.cls.__module__} and {cls.__module__}")
         cls.name = name
+        if issubclass(cls.Options, PassOptions) and cls.Options is not NoOptions:
+            cls.Options.pass_name = name  # validation errors name the pass
         _REGISTRY[name] = PassInfo(cls, _current_origin)
         return cls
 
     return decorate
 
 
-def _load_builtins() -> None:
+def builtin_modules() -> list[str]:
+    """The modules of fxbench.passes that hold passes, one pass each, named after it: every
+    public module but the framework's. A new pass is a new file here, and nothing else."""
     import fxbench.passes as package
 
-    for mod in pkgutil.iter_modules(package.__path__):
-        if not mod.name.startswith("_") and mod.name not in _NOT_PASSES:
-            importlib.import_module(f"fxbench.passes.{mod.name}")
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_") and m.name not in _NOT_PASSES)
 
 
-def _load_plugins() -> None:
-    """Import each `fxbench.passes` entry point; a broken plugin is noted, never fatal."""
+def _import_builtin(module: str) -> None:
+    if module not in _tried:
+        _tried.add(module)
+        importlib.import_module(f"fxbench.passes.{module}")
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """The `fxbench.passes` entry points by name, read from package metadata (nothing imported)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load_plugin(ep: importlib.metadata.EntryPoint) -> None:
+    """Import one entry point's pass; a broken plugin is noted, never fatal."""
     global _current_origin
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-        _current_origin = f"plugin ({dist})"
-        try:
-            obj = ep.load()
-            if isinstance(obj, type) and issubclass(obj, FxbenchPass) and obj.name not in _REGISTRY:
-                register_pass(ep.name)(obj)
-        except Exception as exc:  # noqa: BLE001 - a third party's import error must not break fxbench
-            _plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
-        finally:
-            _current_origin = "built-in"
+    if f"plugin:{ep.name}" in _tried:
+        return
+    _tried.add(f"plugin:{ep.name}")
+    dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+    _current_origin = f"plugin ({dist})"
+    try:
+        obj = ep.load()
+        if isinstance(obj, type) and issubclass(obj, FxbenchPass) and obj.name not in _REGISTRY:
+            register_pass(ep.name)(obj)
+    except Exception as exc:  # noqa: BLE001 - a third party's import error must not break fxbench
+        _plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+    finally:
+        _current_origin = "built-in"
 
 
 def available_passes() -> dict[str, PassInfo]:
-    """Every registered pass, built-ins and plugins, by name (loaded on first use)."""
+    """Every registered pass, built-ins and plugins, by name: all of them imported (`passes list`)."""
     global _loaded
     if not _loaded:
         _loaded = True
-        _load_builtins()
-        _load_plugins()
+        for module in builtin_modules():
+            _import_builtin(module)
+        for ep in _entry_points().values():
+            _load_plugin(ep)
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -109,13 +128,22 @@ def plugin_errors() -> dict[str, str]:
 
 
 def get_pass(name: str) -> type[FxbenchPass]:
-    passes = available_passes()
-    if name not in passes:
-        close = [n for n in passes if n.split("-")[0] == name.split("-")[0] or name in n]
+    """The pass registered as `name`, importing only what it takes: the built-in module of that
+    name, else the entry point of that name (a plugin that fails to import is named in the error)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name].cls
+    if name.replace("-", "_") in builtin_modules():
+        _import_builtin(name.replace("-", "_"))
+    plugins = _entry_points()
+    if name not in _REGISTRY and name in plugins:
+        _load_plugin(plugins[name])
+    if name not in _REGISTRY:
+        known = sorted({*_REGISTRY, *(m.replace("_", "-") for m in builtin_modules()), *plugins})
+        close = [n for n in known if n.split("-")[0] == name.split("-")[0] or name in n]
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `fxbench passes list`"
         extra = f" (its plugin failed to load: {_plugin_errors[name]})" if name in _plugin_errors else ""
         raise UnknownPassError(f"unknown pass {name!r}{extra}{hint}")
-    return passes[name].cls
+    return _REGISTRY[name].cls
 
 
 # ----- options -------------------------------------------------------------------------------

@@ -9,32 +9,27 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._graph import ASSERTS, example_tensor
+from fxbench.passes.base import FxbenchPass, PassOptions, PassResult
 from fxbench.passes.registry import register_pass
 
 aten = torch.ops.aten
 
 _DROPOUTS = {aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default, aten.feature_alpha_dropout.default}
 _ALIASES = {aten.detach.default, aten.alias.default, aten.lift_fresh_copy.default}
-_ASSERTS = {aten._assert_tensor_metadata.default}
 _FULL = sys.maxsize
 
 
 @dataclass(frozen=True)
-class RemoveNoopsOptions:
+class RemoveNoopsOptions(PassOptions):
     dropout: bool = True
     casts: bool = True
     arithmetic: bool = True
     asserts: bool = True
 
 
-def _val(node: Any) -> torch.Tensor | None:
-    v = node.meta.get("val") if isinstance(node, Node) else None
-    return v if isinstance(v, torch.Tensor) else None
-
-
 def _same_tensor_type(node: Node, source: Any) -> bool:
-    out, src = _val(node), _val(source)
+    out, src = example_tensor(node), example_tensor(source)
     return out is not None and src is not None and out.dtype == src.dtype and out.device == src.device
 
 
@@ -95,7 +90,7 @@ class RemoveNoops(FxbenchPass):
         for node in list(graph.nodes):
             if node.op != "call_function":
                 continue
-            if self.options.asserts and node.target in _ASSERTS and not node.users:
+            if self.options.asserts and node.target in ASSERTS and not node.users:
                 graph.erase_node(node)
                 removed += 1
                 continue

@@ -16,7 +16,8 @@ from torch.fx.passes.infra.pass_manager import PassManager
 
 from fxbench.errors import FxbenchError, PassOptionError, VerificationError
 from fxbench.numerics import PRECISIONS, Parity, Tolerance, compare
-from fxbench.passes.base import FxbenchPass, PassContext, set_output_names
+from fxbench.passes._graph import run
+from fxbench.passes.base import MANAGED, FxbenchPass, PassContext, set_output_names
 from fxbench.passes.base import output_names as graph_output_names
 
 __all__ = ["PassRecord", "PipelineResult", "Verifier", "op_histogram", "run_pipeline"]
@@ -27,12 +28,6 @@ ProgressFn = Callable[[str, str], None]  # (pass name, phase: "start" | status)
 def op_histogram(gm: GraphModule) -> Counter[str]:
     """How many times each op is called in the graph."""
     return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-
-
-def _run(gm: GraphModule, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    with torch.no_grad():
-        out = gm(**inputs)
-    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
 @dataclass(frozen=True)
@@ -105,24 +100,15 @@ class Verifier:
             if source is None or not set(wanted) <= {n.name for n in source.graph.nodes}:
                 continue
             values: dict[str, Any] = {}
-
-            class _Recorder(torch.fx.Interpreter):
-                def run_node(self, n: torch.fx.Node) -> Any:
-                    result = super().run_node(n)
-                    if n.name in wanted:
-                        values[n.name] = result
-                    return result
-
-            placeholders = [p.target for p in source.graph.find_nodes(op="placeholder")]
-            with torch.no_grad():
-                _Recorder(source).run(*[self.inputs[name] for name in placeholders])
+            run(source, self.inputs, lambda n, value: values.update({n.name: value}) if n.name in wanted else None)
             return tuple(values[w] for w in wanted)
         raise VerificationError(f"no reference for the new outputs (nodes {', '.join(map(str, wanted))})")
 
 
 class VerifiedPass(PassBase):
     """One fxbench pass run on a module that can be restored: lint, run on the sample inputs,
-    compare with the reference, roll back if the tolerance is broken or the pass raised."""
+    compare with the reference, roll back if the tolerance is broken or the pass raised. The graph
+    is run as it stands (an Interpreter): the PassManager recompiles it once, after."""
 
     def __init__(self, inner: FxbenchPass, verifier: Verifier):
         super().__init__()
@@ -155,7 +141,6 @@ class VerifiedPass(PassBase):
             result = p(graph_module)
             gm = result.graph_module
             gm.graph.lint()
-            gm.recompile()
         except Exception as exc:  # noqa: BLE001 - a failing pass is rolled back and reported, not fatal
             if isinstance(exc, PassOptionError):
                 raise  # options this model cannot take (layer 20 of 12) are the user's to fix, not a rollback
@@ -173,7 +158,7 @@ class VerifiedPass(PassBase):
         start = time.perf_counter()
         names = graph_output_names(gm) or v.names
         try:
-            outputs = _run(gm, v.inputs)
+            outputs = run(gm, v.inputs)
             reference = v.reference if names == v.names else v.reference_for(gm, snapshot)
             parity = compare(outputs, reference, names)
         except Exception as exc:  # noqa: BLE001 - the transformed graph does not run: roll back
@@ -250,6 +235,7 @@ def run_pipeline(
     for p in passes:
         p.context = ctx
     manager = PassManager(passes=[VerifiedPass(p, verifier) for p in passes], run_checks_after_each_pass=False)
+    managed = MANAGED.set(True)
     try:
         result = manager(graph_module) if passes else PassResult(graph_module, False)
     except Exception as exc:
@@ -257,9 +243,11 @@ def run_pipeline(
         if ours is not None:
             raise ours from exc
         raise
+    finally:
+        MANAGED.reset(managed)
     final = result.graph_module
     final_names = graph_output_names(final) or verifier.names
-    outputs = _run(final, inputs)
+    outputs = run(final, inputs)
     parity = compare(outputs, verifier.reference, final_names)
     eager_parity = compare(outputs, tuple(reference), final_names) if final_names == names else None
     applied = [PRECISIONS.index(r.precision) for r in verifier.records if r.status == "applied"]

@@ -5,23 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.fx import GraphModule
 
-from fxbench.passes._precision import convert_precision
-from fxbench.passes.base import FxbenchPass, PassResult
+from fxbench.passes._precision import MixedPrecision, PrecisionOptions
 from fxbench.passes.registry import register_pass
 
 
 @dataclass(frozen=True)
-class ToFp16Options:
-    keep: tuple[str, ...] = ()  # ops ("gelu", "aten.gelu.default") or module paths ("lm_head") kept in fp32
-    keep_defaults: bool = True  # keep layer norms, softmax, reductions, pow/exp/log in fp32
+class ToFp16Options(PrecisionOptions):
     check_overflow: bool = True  # run the fp32 program on the sample inputs and report |x| > 65504
     keep_overflow: bool = False  # keep the overflowing nodes (and their fp16 consumers) in fp32
 
 
 @register_pass("to-fp16")
-class ToFp16(FxbenchPass):
+class ToFp16(MixedPrecision):
     """Run matmuls, convolutions and attention in fp16; keep norms, softmax and reductions in fp32.
 
     Rules (torch.autocast's policy, baked into the graph so that it exports):
@@ -41,13 +37,8 @@ class ToFp16(FxbenchPass):
     """
 
     Options = ToFp16Options
-    in_place = True
     precision = "fp16"
+    low = torch.float16
 
-    def call(self, graph_module: GraphModule) -> PassResult:
-        o = self.options
-        changes, self.details = convert_precision(
-            graph_module, torch.float16, self.context, keep=o.keep, keep_defaults=o.keep_defaults,
-            check_overflow=o.check_overflow, keep_overflow=o.keep_overflow, label=self.name,
-        )
-        return PassResult(graph_module, changes > 0)
+    def overflow(self) -> tuple[bool, bool]:
+        return self.options.check_overflow, self.options.keep_overflow

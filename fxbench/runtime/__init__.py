@@ -1,35 +1,42 @@
-"""The top layer: the optimize workflow, inspection, backend sessions, the benchmark harness and reports."""
+"""Measurement: one session per backend behind one interface, the harness, agreement metrics, and
+`bench` over what it is handed. It loads no models and renders nothing (fxbench.jobs and fxbench.reports do)."""
 
-from fxbench.runtime.backends import BACKENDS, Backend, BackendSpec, create_session
-from fxbench.runtime.bench import BenchResult, Choice, Measurement, Shape, best_artifact, run_benchmark, shapes_from
-from fxbench.runtime.bench_report import render_markdown, render_table, write_reports
+from fxbench.runtime.backends import BACKENDS, Backend, BackendSpec, create_session, default_backends, folder_backends, parse_backends
+from fxbench.runtime.bench import (
+    BackendRecord,
+    BenchResult,
+    BenchSettings,
+    Choice,
+    Measurement,
+    ParityRecord,
+    Shape,
+    Workload,
+    best_artifact,
+    bench,
+    shapes_from,
+)
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
-from fxbench.runtime.html_report import render_html
-from fxbench.runtime.report import jsonable, write_json
-from fxbench.runtime.workflow import OptimizeRequest, OptimizeResult, optimize
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendRecord",
     "BackendSpec",
     "BenchResult",
+    "BenchSettings",
     "Choice",
     "LatencyStats",
     "Measure",
     "Measurement",
-    "OptimizeRequest",
-    "OptimizeResult",
+    "ParityRecord",
     "Shape",
     "Warmup",
+    "Workload",
+    "bench",
     "best_artifact",
     "create_session",
-    "jsonable",
-    "optimize",
-    "render_html",
-    "render_markdown",
-    "render_table",
-    "run_benchmark",
+    "default_backends",
+    "folder_backends",
+    "parse_backends",
     "shapes_from",
-    "write_json",
-    "write_reports",
 ]

@@ -6,12 +6,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fxbench.errors import BackendUnavailableError, FxbenchError
-from fxbench.exporters import Artifact
+from fxbench.errors import ArtifactMissingError, BackendUnavailableError, UnknownBackendError
+from fxbench.exporters import PROGRAM_FILE, Artifact, target_file
 from fxbench.models import CapturedProgram
 from fxbench.runtime.sessions import (
     AotiSession,
-    ArtifactMissingError,
     CompileSession,
     EagerSession,
     OrtSession,
@@ -26,16 +25,11 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "BackendSpec",
-    "UnknownBackendError",
     "create_session",
     "default_backends",
     "folder_backends",
     "parse_backends",
 ]
-
-
-class UnknownBackendError(FxbenchError):
-    pass
 
 
 Factory = Callable[[CapturedProgram, SessionOptions], Session]
@@ -83,7 +77,14 @@ def _trt(cuda_graph: bool) -> Factory:
 
 
 _ANY = ("cpu", "cuda")
-_ONNX_FILES = (("cpu", "model.onnx"), ("cuda", "model.onnx"))
+
+
+def _files_of(target: str, devices: tuple[str, ...] = _ANY) -> tuple[tuple[str, str], ...]:
+    """(device, file) for each device, from the export target table."""
+    return tuple((d, target_file(target, d)) for d in devices)
+
+
+_ONNX_FILES = _files_of("onnx")
 
 BACKENDS: dict[str, BackendSpec] = {
     s.name: s
@@ -92,14 +93,14 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("eager-fp16", "eager PyTorch with weights and activations in fp16", ("cuda",), _eager("fp16"), precision="fp16"),
         BackendSpec("eager-bf16", "eager PyTorch with weights and activations in bf16", _ANY, _eager("bf16"), precision="bf16"),
         BackendSpec("program", "the torch.export program (fxbench's model.pt2, or the capture)", _ANY, ProgramSession,
-                    artifacts=("program",), default_files=(("cpu", "model.pt2"), ("cuda", "model.pt2"))),
+                    artifacts=("program",), default_files=tuple((d, PROGRAM_FILE) for d in _ANY)),
         BackendSpec("compile", "torch.compile, default mode (Inductor)", _ANY, _compile("default")),
         BackendSpec("compile-max-autotune", "torch.compile mode=max-autotune (CUDA graphs on a GPU)", _ANY, _compile("max-autotune")),
         BackendSpec("compile-max-autotune-no-cudagraphs", "torch.compile mode=max-autotune-no-cudagraphs", _ANY,
                     _compile("max-autotune-no-cudagraphs")),
         BackendSpec("compile-reduce-overhead", "torch.compile mode=reduce-overhead (CUDA graphs on a GPU)", _ANY, _compile("reduce-overhead")),
         BackendSpec("aoti", "an AOTInductor package (aoti_load_package)", _ANY, AotiSession, artifacts=("aoti",), needs_artifact=True,
-                    default_files=(("cpu", "model.aoti.pt2"), ("cuda", "model.aoti-cuda.pt2"))),
+                    default_files=_files_of("aoti")),
         BackendSpec("ort", "ONNX Runtime, CPU execution provider", ("cpu",), _ort("ort"), artifacts=("onnx", "onnx-ort"),
                     needs_artifact=True, default_files=_ONNX_FILES),
         BackendSpec("ort-cuda", "ONNX Runtime, CUDA execution provider, IO binding", ("cuda",), _ort("ort-cuda"),
@@ -109,9 +110,9 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("ort-trt", "ONNX Runtime, TensorRT execution provider (CUDA fallback), IO binding", ("cuda",), _ort("ort-trt"),
                     artifacts=("onnx",), needs_artifact=True, default_files=_ONNX_FILES),
         BackendSpec("tensorrt", "a TensorRT engine, execute_async_v3 on torch buffers", ("cuda",), _trt(False), artifacts=("tensorrt",),
-                    needs_artifact=True, default_files=(("cuda", "model.engine"),)),
+                    needs_artifact=True, default_files=_files_of("tensorrt", ("cuda",))),
         BackendSpec("tensorrt-graph", "a TensorRT engine replayed from a CUDA graph", ("cuda",), _trt(True), artifacts=("tensorrt",),
-                    needs_artifact=True, default_files=(("cuda", "model.engine"),)),
+                    needs_artifact=True, default_files=_files_of("tensorrt", ("cuda",))),
     )
 }
 

@@ -1,66 +1,50 @@
-"""`fxbench bench`: every backend on the same inputs, over a sweep of shapes, checked against eager
-fp32 before it is timed, with the environment beside the numbers; and the pick of the best artifact."""
+"""Measurement: every backend handed in, on the same inputs over a sweep of shapes, checked against
+the reference outputs before it is timed, with the environment beside the numbers; and the pick of
+the best artifact. What to time comes from the caller (fxbench.jobs.bench opens models and folders)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gc
-import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import fxbench
 from fxbench.environment import collect_environment
-from fxbench.errors import FxbenchError
-from fxbench.exporters import Artifact, read_artifacts
-from fxbench.models import CapturedProgram, DynamicDims
+from fxbench.errors import BenchOptionError, FxbenchError
+from fxbench.events import EventFn, no_events
+from fxbench.models import CapturedProgram
 from fxbench.numerics import Tolerance, compare
 from fxbench.runtime.agreement import Agreement, task_agreement
-from fxbench.runtime.backends import Backend, create_session, default_backends, folder_backends, parse_backends
-from fxbench.runtime.harness import (
-    BenchOptionError,
-    LatencyStats,
-    Measure,
-    MemoryRecord,
-    Warmup,
-    WarmupRecord,
-    first_call,
-    peak_memory,
-    time_runs,
-    timed_runs,
-    warm_up,
-)
-from fxbench.runtime.sessions import Session
-from fxbench.runtime.steps import load_and_capture, resolve_model_source
+from fxbench.runtime.backends import Backend, create_session
+from fxbench.runtime.harness import LatencyStats, Measure, MemoryRecord, Warmup, WarmupRecord, first_call, peak_memory, timed_runs, warm_up
+from fxbench.runtime.sessions import Bound, Session
 
 __all__ = [
+    "BASELINE",
     "BackendRecord",
     "BenchResult",
-    "BenchTarget",
+    "BenchSettings",
     "Choice",
     "Measurement",
     "ParityRecord",
     "Shape",
+    "Workload",
     "best_artifact",
-    "default_report_dir",
-    "open_target",
-    "run_benchmark",
+    "bench",
+    "check_labels",
     "shapes_from",
 ]
 
-EventFn = Callable[[str, str, str], None]  # (step, status: start|done|fail|skip, detail)
 BASELINE = "eager"
-
-
-def _no_events(step: str, status: str, detail: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -170,6 +154,10 @@ class BenchResult:
             return None
         return base.latency.median_ms / mine.latency.median_ms
 
+    def failures(self) -> list[BackendRecord | Measurement]:
+        """The backends that failed to load and the runs that failed at a shape (skips are not failures)."""
+        return [b for b in self.backends if b.status == "failed"] + [m for m in self.measurements if m.status == "failed"]
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["shapes"] = [{"batch": s.batch, "seq": s.seq, "label": s.label} for s in self.shapes]
@@ -181,70 +169,34 @@ class BenchResult:
 
 
 @dataclass(frozen=True)
-class BenchTarget:
-    """What is benchmarked: the capture (always: eager is the reference) and, for an output folder,
-    its path and the artifacts its report lists."""
+class BenchSettings:
+    """Where and how long: the device the device-agnostic backends run on, CPU threads (None:
+    torch's), the warm-up rule and the timed runs. Checked when made, before any model is opened."""
 
-    captured: CapturedProgram
-    folder: Path | None = None
-    artifacts: tuple[Artifact, ...] = ()
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: Warmup = Warmup()
+    measure: Measure = Measure()
 
-    def describe(self) -> dict[str, Any]:
-        if self.folder is None:
-            return {"kind": "model", "model": self.captured.loaded.source}
-        return {"kind": "folder", "folder": str(self.folder), "artifacts": [a.file for a in self.artifacts]}
-
-
-def _capture_dims(shapes: Sequence[Shape]) -> DynamicDims:
-    """Dynamic ranges wide enough for the sweep, so that the program from the capture runs at every shape."""
-    batch = max([64, *(s.batch for s in shapes)])
-    seq = max([512, *(s.seq or 0 for s in shapes)])
-    return DynamicDims(batch=(1, batch), seq=(2, seq))
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise BenchOptionError(f"--device must be cpu or cuda, not {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise BenchOptionError(f"--threads must be at least 1, not {self.threads}")
 
 
-def _is_folder(target: object) -> bool:
-    """An fxbench output folder (report.json, no config.json), not a saved model folder."""
-    return isinstance(target, (str, Path)) and Path(target).is_dir() and (Path(target) / "report.json").is_file() \
-        and not (Path(target) / "config.json").is_file()
+@dataclass(frozen=True)
+class Workload:
+    """What every backend runs: the shapes, each shape's named inputs, and the reference outputs on
+    them (eager fp32 on the CPU) that each backend is checked against."""
 
-
-def _read_folder(path: Path) -> tuple[dict[str, Any], tuple[Artifact, ...]]:
-    try:
-        report = json.loads((path / "report.json").read_text(encoding="utf-8"))
-        return report, tuple(read_artifacts(path))
-    except (OSError, ValueError, TypeError) as exc:
-        raise FxbenchError(f"{path / 'report.json'} is not an fxbench report ({exc}); point bench at an fxbench output folder") from exc
-
-
-def open_target(
-    target: CapturedProgram | str | Path | None, shapes: Sequence[Shape] = (), *, task: str | None = None,
-    events: EventFn = _no_events,
-) -> BenchTarget:
-    """A capture as is; an fxbench output folder (its report.json names the model and its artifacts);
-    or a Hub id / model folder (None: the bundled demo model) to load and capture."""
-    if isinstance(target, CapturedProgram):
-        return BenchTarget(target)
-    if _is_folder(target):
-        path = Path(target)  # type: ignore[arg-type]
-        report, artifacts = _read_folder(path)
-        model = report.get("model") or {}
-        source = model.get("source")
-        if source and not Path(source).exists() and source.startswith((".", "/", "~")) and model.get("model_id"):
-            source = model["model_id"]  # the model folder moved; its Hub id still names it
-        if not source:
-            raise FxbenchError(f"{path / 'report.json'} names no model source; rerun fxbench optimize")
-        captured = load_and_capture(
-            source, task=task or model.get("task"), batch=2, seq=16, dims=_capture_dims(shapes),
-            attn_implementation=model.get("attn_implementation"), events=events,
-        )
-        return BenchTarget(captured, path, artifacts)
-    source = resolve_model_source(str(target) if target is not None else None)
-    captured = load_and_capture(source, task=task, batch=2, seq=16, dims=_capture_dims(shapes), attn_implementation=None, events=events)
-    return BenchTarget(captured)
+    shapes: tuple[Shape, ...]
+    inputs: Mapping[Shape, Mapping[str, torch.Tensor]]
+    reference: Mapping[Shape, tuple[torch.Tensor, ...]]
 
 
 def _parity(backend: Backend, outputs: Sequence[tuple[torch.Tensor, ...]], reference: tuple[torch.Tensor, ...],
-            captured: CapturedProgram, inputs: dict[str, torch.Tensor]) -> ParityRecord:
+            captured: CapturedProgram, inputs: Mapping[str, torch.Tensor]) -> ParityRecord:
     precision = backend.effective_precision
     tolerance = Tolerance.for_precision(precision)
     worst = None
@@ -253,7 +205,7 @@ def _parity(backend: Backend, outputs: Sequence[tuple[torch.Tensor, ...]], refer
         parity = compare(outs, reference, captured.output_names)
         if worst is None or (parity.cosine, -parity.max_abs_error) < (worst.cosine, -worst.max_abs_error) or not parity.finite:
             worst = parity
-        agree = task_agreement(captured.loaded.task, captured.output_names, outs, reference, inputs)
+        agree = task_agreement(captured.loaded.task, captured.output_names, outs, reference, dict(inputs))
         if agree is not None and (agreement is None or agree.value < agreement.value):
             agreement = agree
     assert worst is not None
@@ -268,31 +220,107 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def _measure(session: Session, backend: Backend, shape: Shape, inputs: dict[str, torch.Tensor], reference: tuple[torch.Tensor, ...],
-             captured: CapturedProgram, warmup: Warmup, measure: Measure) -> Measurement:
-    device = session.device
-    try:
-        with peak_memory(device, session.torch_allocator) as mem:
-            bound = session.bind(inputs)
-            first = first_call(bound.step, device=device)
-            before = bound.fetch()  # checked before timing, as below; kept to judge after
-            timing = time_runs(bound.step, device=device, warmup=warmup, measure=measure, first_call_s=first)
-            after = bound.fetch()
-            del bound
-        parity = _parity(backend, [before, after], reference, captured, inputs)
-    except Exception as exc:  # noqa: BLE001 - one backend failing at one shape is a result, not a crash
-        return Measurement(backend.label, shape.batch, shape.seq, "failed", _one_line(exc), device)
-    return _measured(backend, shape, device, timing.wall, timing.device, timing.warmup, mem.record, parity)
+class _ShapeRun:
+    """One loaded backend at one shape, from binding its inputs to its Measurement: bind, first call,
+    the parity check's first outputs and warm-up; then timed runs, in one go or round by round; then
+    the second parity check (a replayed CUDA graph must still be right) and the statistics.
+
+    Peak memory covers binding, first call and warm-up, and the timed runs too when they are not
+    interleaved with other backends' (whose allocations would then count as this one's)."""
+
+    def __init__(self, backend: Backend, session: Session, shape: Shape, work: Workload, captured: CapturedProgram,
+                 settings: BenchSettings, events: EventFn):
+        self.backend, self.session, self.shape, self.work, self.captured = backend, session, shape, work, captured
+        self.settings, self.events = settings, events
+        self.step = f"{backend.label} {shape.label}"
+        self.bound: Bound | None = None
+        self.before: tuple[torch.Tensor, ...] = ()
+        self.warmup: WarmupRecord | None = None
+        self.wall: list[float] = []
+        self.device_times: list[float] | None = None
+        self.error: str | None = None
+        self.result: Measurement | None = None
+        self._memory = ExitStack()
+        self._probe: Any = None
+
+    def start(self) -> None:
+        self.events(self.step, "start", "")
+        device = self.session.device
+        try:
+            self._probe = self._memory.enter_context(peak_memory(device, self.session.torch_allocator))
+            self.bound = self.session.bind(self.work.inputs[self.shape])
+            first = first_call(self.bound.step, device=device)
+            self.before = self.bound.fetch()  # checked before timing, as below; kept to judge after
+            self.warmup = warm_up(self.bound.step, device=device, warmup=self.settings.warmup, first_call_s=first)
+            if self.settings.measure.rounds > 1:
+                self._memory.close()
+        except Exception as exc:  # noqa: BLE001 - one backend failing at one shape is a result, not a crash
+            self._fail(exc)
+
+    def time(self, measure: Measure) -> None:
+        if self.error is not None or self.bound is None:
+            return
+        try:
+            wall, device_times = timed_runs(self.bound.step, device=self.session.device, measure=measure)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+            return
+        self.wall += wall
+        if device_times is not None:
+            self.device_times = (self.device_times or []) + device_times
+
+    def finish(self) -> Measurement:
+        shape, device = self.shape, self.session.device
+        if self.error is None and self.bound is not None and self.warmup is not None:
+            try:
+                after = self.bound.fetch()
+                self._memory.close()
+                parity = _parity(self.backend, [self.before, after], self.work.reference[shape], self.captured, self.work.inputs[shape])
+                m = Measurement(
+                    self.backend.label, shape.batch, shape.seq, "ok", "" if parity.passed else f"parity: {parity.reason}", device,
+                    latency=LatencyStats.from_seconds(self.wall, shape.batch),
+                    device_latency=LatencyStats.from_seconds(self.device_times, shape.batch) if self.device_times else None,
+                    warmup=self.warmup, memory=self._probe.record, parity=parity,
+                )
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+        if self.error is not None:
+            m = Measurement(self.backend.label, shape.batch, shape.seq, "failed", self.error, device)
+        self.bound = None
+        self.result = m
+        _report(self.events, self.step, m)
+        return m
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = _one_line(exc)
+        self.bound = None
+        with contextlib.suppress(Exception):  # a broken CUDA context may fail the probe's synchronize too
+            self._memory.close()
 
 
-def _measured(backend: Backend, shape: Shape, device: str, wall: list[float], device_times: list[float] | None,
-              warmup: WarmupRecord, memory: MemoryRecord | None, parity: ParityRecord) -> Measurement:
-    return Measurement(
-        backend.label, shape.batch, shape.seq, "ok", "" if parity.passed else f"parity: {parity.reason}", device,
-        latency=LatencyStats.from_seconds(wall, shape.batch),
-        device_latency=LatencyStats.from_seconds(device_times, shape.batch) if device_times else None,
-        warmup=warmup, memory=memory, parity=parity,
-    )
+def _report(events: EventFn, step: str, m: Measurement) -> None:
+    if m.status == "ok":
+        assert m.latency is not None and m.parity is not None
+        mark = "" if m.parity.passed else " PARITY FAIL"
+        events(step, "done", f"median {m.latency.median_ms:.3f} ms, p99 {m.latency.p99_ms:.3f} ms, cos {m.parity.cosine:.6f}{mark}")
+    else:
+        events(step, "fail", m.reason)
+
+
+def _measure_shape(loaded: Sequence[tuple[Backend, Session]], shape: Shape, work: Workload, captured: CapturedProgram,
+                   settings: BenchSettings, events: EventFn) -> list[Measurement]:
+    """The loaded backends at one shape: each started (a failure to bind is reported at once), then
+    timed `measure.rounds` times over for one round's share of its runs in turn, then finished."""
+    runs = [_ShapeRun(backend, session, shape, work, captured, settings, events) for backend, session in loaded]
+    for run in runs:
+        run.start()
+        if run.error is not None:
+            run.finish()
+    per_round = settings.measure.per_round()
+    for _ in range(settings.measure.rounds):
+        for run in runs:
+            run.time(per_round)
+    return [run.result or run.finish() for run in runs]
 
 
 def _release(session: Session | None) -> None:
@@ -303,92 +331,17 @@ def _release(session: Session | None) -> None:
         torch.cuda.empty_cache()
 
 
-def run_benchmark(
-    target: CapturedProgram | str | Path | None,
-    backends: Sequence[str | Backend] | None = None,
-    shapes: Sequence[Shape] | None = None,
-    *,
-    device: str = "cpu",
-    threads: int | None = None,
-    warmup: Warmup = Warmup(),
-    measure: Measure = Measure(),
-    task: str | None = None,
-    events: EventFn = _no_events,
-    command: Sequence[str] | None = None,
-) -> BenchResult:
-    """Benchmark `backends` (names, NAME@FILE, or Backend records; None: the defaults for a model or
-    for an output folder) on `target` at every shape (default: batch 1, sequence 128).
-
-    Each backend loads once; at each shape its outputs are checked against eager fp32 on the CPU on
-    the same inputs, then it is warmed up and timed. A backend that cannot run here is recorded as
-    skipped with the reason; one that fails, as failed with the error; neither stops the others.
-    """
-    if device not in ("cpu", "cuda"):
-        raise BenchOptionError(f"--device must be cpu or cuda, not {device!r}")
-    if threads is not None and threads < 1:
-        raise BenchOptionError(f"--threads must be at least 1, not {threads}")
-    shapes = list(shapes) if shapes else [Shape(1, 128)]
-    started = time.perf_counter()
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-    # Names and files are checked before minutes of loading: an unknown name or a missing file is a user error.
-    folder = Path(target) if _is_folder(target) else None  # type: ignore[arg-type]
-    artifacts = _read_folder(folder)[1] if folder is not None else ()
-    chosen = _resolve(backends, folder, artifacts, device)
-    labels = [b.label for b in chosen]
-    if len(set(labels)) != len(labels):
-        raise BenchOptionError(f"backend listed twice: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
-    bench_target = open_target(target, shapes, task=task, events=events)
-    captured = bench_target.captured
-    has_seq = captured.loaded.modality == "text" or captured.loaded.is_encoder_decoder
-    if not has_seq:
-        shapes = list(dict.fromkeys(Shape(s.batch, None) for s in shapes))
-
-    # Inputs and the fp32 reference for every shape first: a shape the model cannot take fails now.
-    inputs = {s: captured.make_inputs(s.batch, s.seq if s.seq is not None else 16).tensors for s in shapes}
-    reference = {s: captured.run_eager(inputs[s]) for s in shapes}
-
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    run_threads = torch.get_num_threads()
-    try:
-        records, measurements = _run_backends(chosen, captured, shapes, inputs, reference, device, run_threads, warmup, measure, events)
-        environment = collect_environment(list(command) if command is not None else list(sys.argv))  # with the threads used
-    finally:
-        torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
-
-    return BenchResult(
-        model={
-            "source": captured.loaded.source, "model_id": captured.loaded.model_id, "name": captured.loaded.name,
-            "task": captured.loaded.task, "architecture": type(captured.loaded.model).__name__,
-            "parameters": captured.loaded.parameter_count(), "inputs_from": captured.inputs.origin,
-        },
-        task=captured.loaded.task,
-        device=device,
-        threads=run_threads,
-        reference="eager PyTorch fp32 on the CPU, same inputs",
-        shapes=tuple(shapes),
-        backends=tuple(records),
-        measurements=tuple(measurements),
-        settings={"warmup": asdict(warmup), "measure": asdict(measure), "gc": "disabled while timing"},
-        environment=environment,
-        created=created,
-        seconds=time.perf_counter() - started,
-        source=bench_target.describe(),
-    )
-
-
-def _load(backend: Backend, captured: CapturedProgram, device: str, run_threads: int, events: EventFn) -> tuple[BackendRecord, Session | None]:
+def _load(backend: Backend, captured: CapturedProgram, settings: BenchSettings, run_threads: int,
+          events: EventFn) -> tuple[BackendRecord, Session | None]:
     """Load one backend: its record, and its session (None when it was skipped or failed to load)."""
     spec = backend.spec
-    base = dict(label=backend.label, name=backend.name, summary=spec.summary, device=spec.device_for(device),
+    base = dict(label=backend.label, name=backend.name, summary=spec.summary, device=spec.device_for(settings.device),
                 precision=backend.effective_precision, artifact=str(backend.artifact) if backend.artifact else None)
     events(backend.label, "start", "")
     t0 = time.perf_counter()
     session: Session | None = None
     try:
-        session = create_session(backend, captured, device=device, threads=run_threads)
+        session = create_session(backend, captured, device=settings.device, threads=run_threads)
     except FxbenchError as exc:
         # BackendUnavailableError: not installed, no device, built for another machine.
         reason = " ".join(str(exc).split())
@@ -402,129 +355,81 @@ def _load(backend: Backend, captured: CapturedProgram, device: str, run_threads:
     return BackendRecord(**base, status="ok", load_seconds=time.perf_counter() - t0, cuda_graphs=session.cuda_graphs, io=session.io), session
 
 
-def _report(events: EventFn, step: str, m: Measurement) -> None:
-    if m.status == "ok":
-        assert m.latency is not None and m.parity is not None
-        mark = "" if m.parity.passed else " PARITY FAIL"
-        events(step, "done", f"median {m.latency.median_ms:.3f} ms, p99 {m.latency.p99_ms:.3f} ms, cos {m.parity.cosine:.6f}{mark}")
-    else:
-        events(step, "fail", m.reason)
-
-
-def _run_backends(chosen: Sequence[Backend], captured: CapturedProgram, shapes: Sequence[Shape], inputs: dict[Shape, dict[str, torch.Tensor]],
-                  reference: dict[Shape, tuple[torch.Tensor, ...]], device: str, run_threads: int, warmup: Warmup, measure: Measure,
-                  events: EventFn) -> tuple[list[BackendRecord], list[Measurement]]:
-    """Each backend in turn: load it, measure it at every shape, release it before the next loads
-    (with `measure.rounds` > 1: all loaded at once, timed in interleaved rounds)."""
-    if measure.rounds > 1:
-        return _run_interleaved(chosen, captured, shapes, inputs, reference, device, run_threads, warmup, measure, events)
+def _run_backends(backends: Sequence[Backend], captured: CapturedProgram, work: Workload, settings: BenchSettings,
+                  run_threads: int, events: EventFn) -> tuple[list[BackendRecord], list[Measurement]]:
+    """One backend loaded at a time, measured at every shape and released before the next loads;
+    with `measure.rounds` > 1, all of them loaded at once and timed in interleaved rounds."""
+    groups = [[b] for b in backends] if settings.measure.rounds == 1 else [list(backends)]
     records: list[BackendRecord] = []
-    measurements: list[Measurement] = []
-    for backend in chosen:
-        record, session = _load(backend, captured, device, run_threads, events)
-        records.append(record)
-        if session is None:
-            continue
+    measured: dict[tuple[str, Shape], Measurement] = {}
+    for group in groups:
+        loaded: list[tuple[Backend, Session]] = []
         try:
-            for shape in shapes:
-                step = f"{backend.label} {shape.label}"
-                events(step, "start", "")
-                m = _measure(session, backend, shape, inputs[shape], reference[shape], captured, warmup, measure)
-                measurements.append(m)
-                _report(events, step, m)
+            for backend in group:
+                record, session = _load(backend, captured, settings, run_threads, events)
+                records.append(record)
+                if session is not None:
+                    loaded.append((backend, session))
+            for shape in work.shapes:
+                for m in _measure_shape(loaded, shape, work, captured, settings, events):
+                    measured[m.backend, shape] = m
         finally:
-            _release(session)
-    return records, measurements
+            for _, session in loaded:
+                _release(session)
+    # By backend, then by shape, however they were timed.
+    return records, [measured[b.label, s] for b in backends for s in work.shapes if (b.label, s) in measured]
 
 
-@dataclass
-class _Live:
-    """A backend bound to one shape's inputs, warmed up, collecting its timed runs round by round."""
-
-    backend: Backend
-    bound: Any
-    before: tuple[torch.Tensor, ...]
-    warmup: WarmupRecord
-    memory: MemoryRecord | None
-    wall: list[float] = field(default_factory=list)
-    device_times: list[float] | None = None
-    error: str | None = None
+def check_labels(backends: Sequence[Backend]) -> list[Backend]:
+    """`backends`, each under its own label (a report's columns), or the error naming the one listed twice."""
+    labels = [b.label for b in backends]
+    if len(set(labels)) != len(labels):
+        raise BenchOptionError(f"backend listed twice: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    return list(backends)
 
 
-def _run_interleaved(chosen: Sequence[Backend], captured: CapturedProgram, shapes: Sequence[Shape], inputs: dict[Shape, dict[str, torch.Tensor]],
-                     reference: dict[Shape, tuple[torch.Tensor, ...]], device: str, run_threads: int, warmup: Warmup, measure: Measure,
-                     events: EventFn) -> tuple[list[BackendRecord], list[Measurement]]:
-    """Every backend loaded at once; at each shape, each is checked and warmed up, then timed for
-    one round's share of its runs in turn, `measure.rounds` times over. Peak memory is taken over
-    each backend's binding, first call and warm-up (the timed rounds of the others interleave)."""
-    records: list[BackendRecord] = []
-    loaded: list[tuple[Backend, Session]] = []
-    measurements: dict[tuple[str, Shape], Measurement] = {}
-    per_round = measure.per_round()
+def bench(
+    captured: CapturedProgram,
+    backends: Sequence[Backend],
+    work: Workload,
+    settings: BenchSettings = BenchSettings(),
+    *,
+    model: Mapping[str, Any],
+    source: Mapping[str, Any] | None = None,
+    events: EventFn = no_events,
+    command: Sequence[str] | None = None,
+) -> BenchResult:
+    """Time `backends` (sessions built from `captured`) on `work`: each backend's outputs at each
+    shape are checked against the reference, then it is warmed up and timed. A backend that cannot
+    run here is recorded as skipped with the reason; one that fails, as failed with the error;
+    neither stops the others. `model` and `source` describe what was measured, for the reports."""
+    check_labels(backends)
+    started = time.perf_counter()
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    previous_threads = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    run_threads = torch.get_num_threads()
     try:
-        for backend in chosen:
-            record, session = _load(backend, captured, device, run_threads, events)
-            records.append(record)
-            if session is not None:
-                loaded.append((backend, session))
-        for shape in shapes:
-            live: list[_Live] = []
-            for backend, session in loaded:
-                events(f"{backend.label} {shape.label}", "start", "")
-                try:
-                    with peak_memory(device, session.torch_allocator) as mem:
-                        bound = session.bind(inputs[shape])
-                        first = first_call(bound.step, device=device)
-                        before = bound.fetch()
-                        record = warm_up(bound.step, device=device, warmup=warmup, first_call_s=first)
-                    live.append(_Live(backend, bound, before, record, mem.record))
-                except Exception as exc:  # noqa: BLE001 - as in _measure: a failure at one shape is a result
-                    measurements[backend.label, shape] = Measurement(backend.label, shape.batch, shape.seq, "failed", _one_line(exc), device)
-                    _report(events, f"{backend.label} {shape.label}", measurements[backend.label, shape])
-            for _ in range(measure.rounds):
-                for item in live:
-                    if item.error is not None:
-                        continue
-                    try:
-                        wall, device_times = timed_runs(item.bound.step, device=device, measure=per_round)
-                    except Exception as exc:  # noqa: BLE001
-                        item.error = _one_line(exc)
-                        continue
-                    item.wall += wall
-                    if device_times is not None:
-                        item.device_times = (item.device_times or []) + device_times
-            for item in live:
-                label = item.backend.label
-                if item.error is None:
-                    try:
-                        parity = _parity(item.backend, [item.before, item.bound.fetch()], reference[shape], captured, inputs[shape])
-                        measurements[label, shape] = _measured(item.backend, shape, device, item.wall, item.device_times, item.warmup,
-                                                               item.memory, parity)
-                    except Exception as exc:  # noqa: BLE001
-                        item.error = _one_line(exc)
-                if item.error is not None:
-                    measurements[label, shape] = Measurement(label, shape.batch, shape.seq, "failed", item.error, device)
-                _report(events, f"{label} {shape.label}", measurements[label, shape])
-            del live
+        records, measurements = _run_backends(backends, captured, work, settings, run_threads, events)
+        environment = collect_environment(list(command) if command is not None else list(sys.argv))  # with the threads used
     finally:
-        for _, session in loaded:
-            _release(session)
-    # In the order the sequential run gives: by backend, then by shape.
-    ordered = [measurements[b.label, s] for b in chosen for s in shapes if (b.label, s) in measurements]
-    return records, ordered
-
-
-def _resolve(backends: Sequence[str | Backend] | None, folder: Path | None, artifacts: Sequence[Artifact], device: str) -> list[Backend]:
-    if backends is None:
-        return folder_backends(folder, artifacts, device) if folder is not None else default_backends(device)
-    out: list[Backend] = []
-    for b in backends:
-        if isinstance(b, Backend):
-            b.check_files()
-            out.append(b)
-        else:
-            out.extend(parse_backends([b], device=device, folder=folder, artifacts=artifacts))
-    return out
+        torch.set_num_threads(previous_threads)  # the caller's process keeps its own setting
+    return BenchResult(
+        model=dict(model),
+        task=captured.loaded.task,
+        device=settings.device,
+        threads=run_threads,
+        reference="eager PyTorch fp32 on the CPU, same inputs",
+        shapes=tuple(work.shapes),
+        backends=tuple(records),
+        measurements=tuple(measurements),
+        settings={"warmup": asdict(settings.warmup), "measure": asdict(settings.measure), "gc": "disabled while timing"},
+        environment=environment,
+        created=created,
+        seconds=time.perf_counter() - started,
+        source=dict(source or {}),
+    )
 
 
 @dataclass(frozen=True)
@@ -577,11 +482,3 @@ def best_artifact(
         if best is None or choice.median_ms < best.median_ms:
             best = choice
     return best
-
-
-def default_report_dir(target: object, result: BenchResult) -> Path:
-    """Where `fxbench bench` writes its reports without -o: beside an output folder's artifacts
-    (DIR/bench), or fxbench-out/<model name>-bench (beside where optimize writes, not inside it)."""
-    if _is_folder(target):
-        return Path(target) / "bench"  # type: ignore[arg-type]
-    return Path("fxbench-out") / f"{result.model.get('name') or 'model'}-bench"

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fxbench.errors import FxbenchError
+from fxbench.errors import BenchOptionError
 
 __all__ = [
-    "BenchOptionError",
     "LatencyStats",
     "Measure",
     "MemoryRecord",
@@ -32,10 +31,6 @@ __all__ = [
     "timed_runs",
     "warm_up",
 ]
-
-
-class BenchOptionError(FxbenchError):
-    pass
 
 
 @dataclass(frozen=True)

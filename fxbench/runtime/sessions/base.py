@@ -9,23 +9,17 @@ from pathlib import Path
 
 import torch
 
-from fxbench.errors import BackendUnavailableError, FxbenchError
+from fxbench.errors import ArtifactMissingError, BackendUnavailableError
 
 __all__ = [
-    "ArtifactMissingError",
-    "BackendUnavailableError",
     "Bound",
     "Session",
     "SessionOptions",
     "cuda_unavailable_reason",
     "flat_float32",
+    "require_device",
     "require_file",
 ]
-
-
-class ArtifactMissingError(FxbenchError):
-    """A backend was pointed at an artifact file that is not there."""
-
 
 @dataclass(frozen=True)
 class SessionOptions:
@@ -102,6 +96,16 @@ def cuda_unavailable_reason() -> str | None:
             return "no CUDA GPU: this torch is a CPU build"
         return "no CUDA GPU: torch.cuda.is_available() is False"
     return None
+
+
+def require_device(device: str) -> None:
+    """Refuse, as unavailable here, a device this machine cannot run (CUDA without a GPU)."""
+    if device == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason:
+            raise BackendUnavailableError(reason)
+    elif device != "cpu":
+        raise BackendUnavailableError(f"unknown device {device!r}")
 
 
 def require_file(path: Path | None, what: str) -> Path:

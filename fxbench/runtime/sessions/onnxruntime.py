@@ -10,15 +10,8 @@ import numpy as np
 import torch
 
 from fxbench.models import CapturedProgram
-from fxbench.runtime.sessions.base import (
-    BackendUnavailableError,
-    Bound,
-    Session,
-    SessionOptions,
-    cuda_unavailable_reason,
-    flat_float32,
-    require_file,
-)
+from fxbench.errors import BackendUnavailableError
+from fxbench.runtime.sessions.base import Bound, Session, SessionOptions, flat_float32, require_device, require_file
 
 __all__ = ["OrtSession"]
 
@@ -62,10 +55,7 @@ class OrtSession(Session):
         self.device = "cpu" if provider == "ort" else "cuda"
         self.precision = options.precision
         self.cuda_graphs = cuda_graph
-        if self.device == "cuda":
-            reason = cuda_unavailable_reason()
-            if reason:
-                raise BackendUnavailableError(reason)
+        require_device(self.device)
         wanted = _PROVIDER[provider]
         if wanted not in ort.get_available_providers():
             hint = "install onnxruntime-gpu built for this CUDA" if provider != "ort" else "reinstall onnxruntime"

@@ -9,15 +9,8 @@ from typing import Any
 import torch
 
 from fxbench.models import CapturedProgram
-from fxbench.runtime.sessions.base import (
-    BackendUnavailableError,
-    Bound,
-    Session,
-    SessionOptions,
-    cuda_unavailable_reason,
-    flat_float32,
-    require_file,
-)
+from fxbench.errors import BackendUnavailableError
+from fxbench.runtime.sessions.base import Bound, Session, SessionOptions, flat_float32, require_device, require_file
 
 __all__ = ["TensorRTSession", "sidecar_path"]
 
@@ -51,9 +44,7 @@ class TensorRTSession(Session):
         self.cuda_graphs = cuda_graph
         path = require_file(options.artifact, self.backend)
         require_file(sidecar_path(path), f"{self.backend} (the engine's JSON sidecar)")
-        reason = cuda_unavailable_reason()
-        if reason:
-            raise BackendUnavailableError(reason)
+        require_device(self.device)
         try:
             import tensorrt as trt  # type: ignore[import-not-found]
         except ImportError:

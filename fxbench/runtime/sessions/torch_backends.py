@@ -10,28 +10,12 @@ from pathlib import Path
 import torch
 
 from fxbench.models import CapturedProgram
-from fxbench.runtime.sessions.base import (
-    BackendUnavailableError,
-    Bound,
-    Session,
-    SessionOptions,
-    cuda_unavailable_reason,
-    flat_float32,
-    require_file,
-)
+from fxbench.errors import BackendUnavailableError
+from fxbench.runtime.sessions.base import Bound, Session, SessionOptions, flat_float32, require_device, require_file
 
 __all__ = ["AotiSession", "CompileSession", "EagerSession", "ProgramSession", "TorchModuleSession"]
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _check_device(device: str) -> None:
-    if device == "cuda":
-        reason = cuda_unavailable_reason()
-        if reason:
-            raise BackendUnavailableError(reason)
-    elif device != "cpu":
-        raise BackendUnavailableError(f"unknown device {device!r}")
 
 
 def place(inputs: Mapping[str, torch.Tensor], device: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -86,7 +70,7 @@ class EagerSession(TorchModuleSession):
     backend = "eager"
 
     def __init__(self, captured: CapturedProgram, options: SessionOptions):
-        _check_device(options.device)
+        require_device(options.device)
         if options.precision not in _DTYPES:
             raise BackendUnavailableError(f"eager runs in fp32, fp16 or bf16, not {options.precision}")
         dtype = _DTYPES[options.precision]
@@ -107,7 +91,7 @@ class ProgramSession(TorchModuleSession):
     backend = "program"
 
     def __init__(self, captured: CapturedProgram, options: SessionOptions):
-        _check_device(options.device)
+        require_device(options.device)
         if options.artifact is not None:
             program = torch.export.load(str(require_file(options.artifact, "program")))
         else:
@@ -132,7 +116,7 @@ class CompileSession(TorchModuleSession):
     _RECOMPILE_LIMIT = 256
 
     def __init__(self, captured: CapturedProgram, options: SessionOptions):
-        _check_device(options.device)
+        require_device(options.device)
         mode = options.extra.get("mode")
         mode = None if mode in (None, "default") else str(mode)
         module = captured.eager if options.device == "cpu" else copy.deepcopy(captured.eager).to(options.device)
@@ -167,7 +151,7 @@ class AotiSession(TorchModuleSession):
     backend = "aoti"
 
     def __init__(self, captured: CapturedProgram, options: SessionOptions):
-        _check_device(options.device)
+        require_device(options.device)
         path = require_file(options.artifact, "aoti")
         from torch._inductor import aoti_load_package
 

@@ -3,62 +3,30 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+import torch
 from torch.fx import GraphModule
 
 from fxbench.exporters import load_program
+from fxbench.jobs.common import load_and_capture, resolve_model_source
+from fxbench.jobs.folders import saved_program
 from fxbench.models import DynamicDims, unlift
-from fxbench.passes import op_histogram
+from fxbench.passes import op_histogram, read_tensors
 from fxbench.passes.base import module_path
-from fxbench.runtime.steps import load_and_capture, resolve_model_source
+from fxbench.reports.records import Inspection
 
-__all__ = ["Inspection", "inspect_program", "inspect_target"]
-
-
-@dataclass
-class Inspection:
-    source: str
-    parameters: int
-    buffers: int
-    nodes: int
-    op_histogram: dict[str, int]
-    nodes_per_module: dict[str, int]
-    graph: GraphModule
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "parameters": self.parameters,
-            "buffers": self.buffers,
-            "nodes": self.nodes,
-            "op_histogram": self.op_histogram,
-            "nodes_per_module": self.nodes_per_module,
-        }
+__all__ = ["inspect_program", "inspect_target"]
 
 
 def _weight_counts(gm: GraphModule) -> tuple[int, int]:
     """(parameters, buffer and constant elements) the graph reads; tied weights count once."""
     seen: set[int] = set()
     params = others = 0
-    for n in gm.graph.nodes:
-        if n.op != "get_attr":
-            continue
-        target = str(n.target)
-        try:
-            t, is_param = gm.get_parameter(target), True
-        except AttributeError:
-            t, is_param = gm, False
-            for part in target.split("."):
-                t = getattr(t, part, None)
-        if not hasattr(t, "numel") or t.device.type == "meta":
-            continue
-        if t.data_ptr() in seen:
+    for t in read_tensors(gm).values():
+        if t.device.type == "meta" or t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
-        if is_param:
+        if isinstance(t, torch.nn.Parameter):
             params += t.numel()
         else:
             others += t.numel()
@@ -85,12 +53,10 @@ def inspect_program(gm: GraphModule, source: str, depth: int = 3) -> Inspection:
 
 
 def inspect_target(target: str | None, *, task: str | None = None, depth: int = 3) -> Inspection:
-    """Inspect a saved program (a .pt2 file, or a folder holding model.pt2) or a model to capture."""
-    path = Path(target) if target else None
-    if path is not None and path.is_file() and path.suffix == ".pt2":
-        return inspect_program(unlift(load_program(path)), str(path), depth)
-    if path is not None and (path / "model.pt2").is_file() and not (path / "config.json").is_file():
-        return inspect_program(unlift(load_program(path / "model.pt2")), str(path / "model.pt2"), depth)
+    """Inspect a saved program (a .pt2 file, or an output folder's model.pt2) or a model to capture."""
+    program = saved_program(target, "inspect")
+    if program is not None:
+        return inspect_program(unlift(load_program(program)), str(program), depth)
     source = resolve_model_source(target)
     captured = load_and_capture(source, task=task, batch=2, seq=16, dims=DynamicDims(), attn_implementation=None)
     return inspect_program(captured.graph_module(), source, depth)

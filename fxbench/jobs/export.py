@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fxbench
 from fxbench.environment import collect_environment
 from fxbench.errors import ExportError, OutputExistsError
+from fxbench.events import EventFn, no_events, step
 from fxbench.exporters import Artifact, load_program
-from fxbench.fsutil import check_output_dir, staged_directory
+from fxbench.jobs.common import default_output_dir, export_plan, load_and_capture, raise_for_failures, report_header, resolve_model_source
+from fxbench.jobs.folders import check_output_dir, saved_program, staged_directory
 from fxbench.models import DynamicDims
 from fxbench.numerics import Tolerance
-from fxbench.runtime.report import write_json
-from fxbench.runtime.steps import (
-    EventFn,
-    default_output_dir,
-    dims_record,
-    export_plan,
-    load_and_capture,
-    model_record,
-    no_events,
-    raise_for_failures,
-    resolve_model_source,
-    step,
-)
+from fxbench.reports.files import write_json
 
 if TYPE_CHECKING:
-    from fxbench.exporters.targets import ExportFailure, ExportOptions, ExportOutcome
+    from fxbench.exporters.export import ExportFailure, ExportOptions, ExportOutcome
 
 __all__ = ["ExportRequest", "ExportResult", "export"]
 
@@ -59,18 +45,6 @@ class ExportResult:
 
     def raise_for_failures(self) -> None:
         raise_for_failures(self.failures)
-
-
-def _saved_program(source: str | None) -> Path | None:
-    """model.pt2 when `source` is an fxbench output folder or a .pt2 file; None for a model."""
-    if not source:
-        return None
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".pt2":
-        return path
-    if path.is_dir() and (path / "model.pt2").is_file() and not (path / "config.json").is_file():
-        return path / "model.pt2"
-    return None
 
 
 def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
@@ -119,19 +93,13 @@ def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str,
     return subject, report
 
 
-def _write_in_place(folder: Path, report: dict[str, Any], made: ExportOutcome, staging: Path) -> dict[str, Any]:
-    """Move the new artifacts into `folder` and list them in its report.json (replacing the
-    records of files made again), the report last and by rename."""
-    for f in staging.iterdir():
-        os.replace(f, folder / f.name)
+def _add_records(report: dict[str, Any], made: ExportOutcome) -> dict[str, Any]:
+    """The folder's report with the new artifacts listed (replacing the records of files made again)."""
     new_files = {a.file for a in made.artifacts}
     report = dict(report)
     report["artifacts"] = [a for a in report.get("artifacts", []) if a.get("file") not in new_files]
     report["artifacts"] += [a.to_dict() for a in made.artifacts]
     report["export_failures"] = [f.to_dict() for f in made.failures]
-    partial = folder / f".report.json.{os.getpid()}"
-    write_json(report, partial)
-    os.replace(partial, folder / "report.json")
     return report
 
 
@@ -143,11 +111,14 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
     when none succeeds, nothing is written and the failure is raised.
     """
     from fxbench.exporters.checks import ExportSubject
-    from fxbench.exporters.targets import ExportOptions, export_artifacts, target_files
+    from fxbench.exporters.export import ExportOptions, export_artifacts
+    from fxbench.exporters.targets import target_file, target_files
 
     targets, options = export_plan(request.targets, request.options or ExportOptions())
+    onnx_file = target_file("onnx", options.device)
     timings: dict[str, float] = {}
-    program_path = _saved_program(request.source)
+    program_path = saved_program(request.source, "export")
+    in_place, reusable, source_report = False, False, None
     if program_path is not None:
         folder = program_path.parent
         out_dir = Path(request.output) if request.output else folder
@@ -155,8 +126,8 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
         if in_place:
             taken = [f for f in target_files(targets, options.device) if (folder / f).exists()]
             # A model.onnx already made is reused by the targets that build on it, not replaced.
-            reusable = "onnx" not in targets and "model.onnx" in taken and not request.force
-            taken = [f for f in taken if not (reusable and f.startswith("model.onnx"))]
+            reusable = "onnx" not in targets and onnx_file in taken and not request.force
+            taken = [f for f in taken if not (reusable and f.startswith(onnx_file))]
             if taken and not request.force:
                 raise OutputExistsError(f"{folder} already has {', '.join(taken)}; pass --force to replace it")
         else:
@@ -165,40 +136,27 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
     else:
         source = resolve_model_source(request.source)
         out_dir = Path(request.output) if request.output else default_output_dir(source)
-        in_place, reusable, source_report = False, False, None
         check_output_dir(out_dir, request.force)
         captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims(),
                                     attn_implementation=None, events=events, timings=timings)
         subject = ExportSubject(captured.exported, captured, captured.output_names)
 
     started = _dt.datetime.now(_dt.timezone.utc)
-    if in_place:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-        try:
-            made = export_artifacts(subject, targets, staging, options, events,
-                                    onnx_path=out_dir / "model.onnx" if reusable else None)
-            if not made.artifacts:
-                raise_for_failures(made.failures)
-            report = _write_in_place(out_dir, source_report, made, staging)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return ExportResult(out_dir, report, made.artifacts, made.failures, timings)
-
-    with staged_directory(out_dir, request.force) as staging:
-        made = export_artifacts(subject, targets, staging, options, events)
+    with staged_directory(out_dir, request.force, add_to=in_place) as staging:
+        made = export_artifacts(subject, targets, staging, options, events, onnx_path=out_dir / onnx_file if reusable else None)
         if not made.artifacts:
             raise_for_failures(made.failures)
-        captured = subject.captured
-        report = {
-            "fxbench_version": fxbench.__version__,
-            "created": started.isoformat(timespec="seconds"),
-            "model": model_record(captured.loaded),
-            "inputs": {**captured.inputs.describe(), "dynamic": dims_record(captured)},
-            "source": {"program": str(program_path) if program_path else None, "passes": source_report is not None},
-            "artifacts": [a.to_dict() for a in made.artifacts],
-            "export_failures": [f.to_dict() for f in made.failures],
-            "environment": collect_environment(sys.argv),
-            "seconds": dict(timings),
-        }
+        if in_place:
+            assert source_report is not None
+            report = _add_records(source_report, made)
+        else:
+            report = {
+                **report_header(subject.captured, started).to_dict(),
+                "source": {"program": str(program_path) if program_path else None, "passes": source_report is not None},
+                "artifacts": [a.to_dict() for a in made.artifacts],
+                "export_failures": [f.to_dict() for f in made.failures],
+                "environment": collect_environment(sys.argv),
+                "seconds": dict(timings),
+            }
         write_json(report, staging / "report.json")
     return ExportResult(out_dir, report, made.artifacts, made.failures, timings)

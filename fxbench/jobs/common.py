@@ -1,61 +1,44 @@
-"""The steps every fxbench job shares: load and capture, records for reports, the pass context, export plans."""
+"""What every job shares: the model to open, load and capture, the report header, the pass context, export plans."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
+import datetime as _dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+import fxbench
 from fxbench.errors import ModelLoadError
+from fxbench.events import EventFn, no_events, step
 from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, load_model
 from fxbench.passes import PassContext
+from fxbench.reports.records import ModelRecord, ReportHeader
 
 if TYPE_CHECKING:  # the exporters' faces load onnx and onnxruntime: imported where used
-    from fxbench.exporters.targets import ExportFailure, ExportOptions
+    from fxbench.exporters.export import ExportFailure, ExportOptions
 
 __all__ = [
-    "EventFn",
+    "default_device",
     "default_output_dir",
     "dims_record",
     "export_plan",
     "load_and_capture",
     "model_record",
-    "no_events",
     "pass_context",
     "raise_for_failures",
+    "report_header",
     "resolve_model_source",
-    "step",
 ]
 
-EventFn = Callable[[str, str, str], None]  # (step, status: start|done|fail|skip, detail)
 
-
-def no_events(step: str, status: str, detail: str) -> None:
-    pass
-
-
-@contextlib.contextmanager
-def step(events: EventFn, name: str, timings: dict[str, float]) -> Iterator[dict[str, str]]:
-    """Time a step and report start / done / fail; the yielded dict carries the done-detail."""
-    detail: dict[str, str] = {"detail": ""}
-    events(name, "start", "")
-    start = time.perf_counter()
-    try:
-        yield detail
-    except BaseException as exc:
-        timings[name] = time.perf_counter() - start
-        events(name, "fail", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise
-    timings[name] = time.perf_counter() - start
-    events(name, "done", detail["detail"])
+def default_device() -> str:
+    """Where artifacts are made and timed when the user does not say: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def raise_for_failures(failures: tuple[ExportFailure, ...]) -> None:
-    from fxbench.exporters.targets import ExportOutcome
+    from fxbench.exporters.export import ExportOutcome
 
     error = ExportOutcome((), failures).error()
     if error is not None:
@@ -67,7 +50,8 @@ def export_plan(targets: tuple[str, ...], options: ExportOptions | None) -> tupl
     when no requested target can run here, that is the error; otherwise the others run."""
     if not targets:
         return (), options
-    from fxbench.exporters.targets import ExportOptions, parse_targets, preflight
+    from fxbench.exporters.export import ExportOptions
+    from fxbench.exporters.targets import parse_targets, preflight
 
     targets = parse_targets(targets)
     options = options or ExportOptions()
@@ -108,21 +92,23 @@ def load_and_capture(
     return captured
 
 
-def model_record(loaded: LoadedModel) -> dict[str, Any]:
-    return {
-        "source": loaded.source,
-        "model_id": loaded.model_id,
-        "name": loaded.name,
-        "task": loaded.task,
-        "modality": loaded.modality,
-        "architecture": type(loaded.model).__name__,
-        "model_type": loaded.config.model_type,
-        "parameters": loaded.parameter_count(),
-        **loaded.load_options,
-    }
+def model_record(loaded: LoadedModel) -> ModelRecord:
+    return ModelRecord(
+        source=loaded.source, model_id=loaded.model_id, name=loaded.name, task=loaded.task, modality=loaded.modality,
+        architecture=type(loaded.model).__name__, model_type=loaded.config.model_type, parameters=loaded.parameter_count(),
+        load_options=dict(loaded.load_options),
+    )
 
 
-def dims_record(captured: CapturedProgram) -> dict[str, Any]:
+def report_header(captured: CapturedProgram, started: _dt.datetime) -> ReportHeader:
+    """The opening of every report.json: fxbench's version, when the job started, the model, the inputs and their ranges."""
+    return ReportHeader(
+        fxbench_version=fxbench.__version__, created=started.isoformat(timespec="seconds"), model=model_record(captured.loaded),
+        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured)},
+    )
+
+
+def dims_record(captured: CapturedProgram) -> dict[str, dict[str, dict[str, object]]]:
     if not captured.dynamic_shapes:
         return {}
     return {

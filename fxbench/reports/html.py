@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from fxbench.reports.records import OptimizeReport
+from fxbench.reports import rows
 from fxbench.runtime.bench import BenchResult, Shape
-from fxbench.runtime.bench_report import LEFT, table_columns, header_lines, method_note, environment_lines, rows
 
-__all__ = ["bar_chart", "line_chart", "render_html"]
+__all__ = ["PALETTE", "bar_chart", "html_table", "line_chart", "render_html", "render_optimize_html"]
 
 # Tableau 10: distinguishable, and each backend keeps its color in every plot.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
@@ -202,11 +203,11 @@ def render_html(result: BenchResult, *, title: str | None = None, preamble: str 
     for reports that wrap a benchmark (fxbench optimize puts its summary and passes there)."""
     title = title or f"fxbench bench: {result.model.get('name')}"
     colors = _colors(result)
-    cols = table_columns(result)
-    left_cols = set(LEFT)
+    cols = rows.table_columns(result)
+    left_cols = set(rows.LEFT)
     head = "".join(f'<th class="{"l" if c in left_cols else ""}">{_e(c)}</th>' for c in cols)
     body = []
-    for row in rows(result):
+    for row in rows.bench_rows(result):
         cells = row.cells()
         if not row.ok:
             body.append(f'<tr class="{_e(row.status)}"><td class="l">{_e(cells["backend"])}</td><td class="l">{_e(cells["shape"])}</td>'
@@ -220,20 +221,14 @@ def render_html(result: BenchResult, *, title: str | None = None, preamble: str 
                 cls += " bad"
             tds.append(f'<td class="{cls.strip()}">{_e(value)}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
-    backends = "".join(
-        f"<tr><td class='l'>{_e(b.label)}</td><td class='l'>{_e(b.summary)}</td><td class='l'>{_e(b.device)}</td><td class='l'>{_e(b.precision)}</td>"
-        f"<td class='l'>{'on' if b.cuda_graphs else 'off'}</td><td class='l'>{_e(b.io or '-')}</td><td>{b.load_seconds:.1f}</td>"
-        f"<td class='l'>{_e(b.status if b.status == 'ok' else b.status + ': ' + b.reason)}</td></tr>"
-        for b in result.backends
-    )
     sections = [
         ("Latency", _latency_plots(result, colors)),
         ("Speedup", _speedup_plots(result, colors)),
         ("Sweep", _sweep_plots(result, colors)),
     ]
     plot_html = "".join(f"<h2>{_e(name)}</h2><div class='plots'>{''.join(p)}</div>" for name, p in sections if p)
-    env = "".join(f"<li>{_e(line)}</li>" for line in environment_lines(result.environment))
-    header = "".join(f"<li>{_e(line)}</li>" for line in header_lines(result))
+    env = "".join(f"<li>{_e(line)}</li>" for line in rows.environment_lines(result.environment))
+    header = "".join(f"<li>{_e(line)}</li>" for line in rows.header_lines(result))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <style>{_CSS}</style></head>
@@ -242,13 +237,33 @@ def render_html(result: BenchResult, *, title: str | None = None, preamble: str 
 {preamble}
 <ul>{header}</ul>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
-<p style="font-size:12px;color:#555">{_e(method_note(result))}</p>
+<p style="font-size:12px;color:#555">{_e(rows.method_note(result))}</p>
 {plot_html}
 <h2>Backends</h2>
-<table id="backends"><thead><tr><th class="l">backend</th><th class="l">what</th><th class="l">device</th><th class="l">precision</th>
-<th class="l">CUDA graphs</th><th class="l">I/O</th><th>load s</th><th class="l">status</th></tr></thead><tbody>{backends}</tbody></table>
+{html_table("backends", rows.RUN_BACKEND_COLUMNS, rows.run_backend_rows(result), right=("load s",))}
 <h2>Environment</h2>
 <ul>{env}</ul>
 <p style="font-size:11px;color:#777">created {_e(result.created)} in {result.seconds:.1f} s</p>
 </body></html>
 """
+
+
+def html_table(table_id: str, columns: Sequence[str], cells: Iterable[rows.Cells], right: Iterable[str] = ()) -> str:
+    """An HTML table of the rows' cells in `columns`; `right` columns right-aligned, the others left."""
+    right = set(right)
+    cls = {c: "" if c in right else "l" for c in columns}
+    head = "".join(f'<th class="{cls[c]}">{_e(c)}</th>' for c in columns)
+    body = "".join("<tr>" + "".join(f'<td class="{cls[c]}">{_e(row.get(c, ""))}</td>' for c in columns) + "</tr>" for row in cells)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def render_optimize_html(report: OptimizeReport) -> str:
+    """report.html of `fxbench optimize`: its summary, search, passes and artifacts, then the benchmark's page."""
+    assert report.benchmark is not None, "report.html is written with the benchmark"
+    parts = ["<ul id='summary'>" + "".join(f"<li>{_e(line)}</li>" for line in rows.summary_lines(report)) + "</ul>"]
+    if report.search:
+        parts += ["<h2>Search</h2>", html_table("search", rows.SEARCH_COLUMNS, rows.search_rows(report.search))]
+    parts += ["<h2>Passes</h2>", html_table("passes", rows.PASS_COLUMNS, rows.pass_rows(report.passes))]
+    parts += ["<h2>Artifacts</h2>", html_table("artifacts", rows.ARTIFACT_COLUMNS, rows.artifact_rows(report.artifacts, report.export_failures))]
+    parts += ["<h2>Benchmark</h2>"]
+    return render_html(report.benchmark, title=f"fxbench optimize: {report.model.name}", preamble="\n".join(parts))

@@ -2,62 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-import fxbench
 from fxbench.environment import collect_environment
-from fxbench.errors import FxbenchError, VerificationError
-from fxbench.exporters import Artifact, load_program, save_program
-from fxbench.fsutil import check_output_dir, staged_directory
+from fxbench.errors import BenchOptionError, FxbenchError, VerificationError
+from fxbench.events import EventFn, no_events, prefixed, step
+from fxbench.exporters import PROGRAM_FILE, Artifact, load_program, save_program
+from fxbench.jobs.bench import run_benchmark
+from fxbench.jobs.common import default_device, default_output_dir, export_plan, load_and_capture, pass_context, raise_for_failures
+from fxbench.jobs.common import report_header, resolve_model_source
+from fxbench.jobs.folders import check_output_dir, staged_directory
+from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner
 from fxbench.models import CapturedProgram, DynamicDims, export_graph_module, run_module
 from fxbench.numerics import Parity, compare
 from fxbench.passes import FxbenchPass, PipelineResult, build_passes, op_histogram, run_pipeline
 from fxbench.passes.pipelines import effective_pipeline, search_space
-from fxbench.runtime.bench import BenchOptionError, BenchResult, Choice, Shape, best_artifact, run_benchmark
+from fxbench.reports.files import write_optimize_reports
+from fxbench.reports.records import BestArtifact, CaptureRecord, OpHistogram, OptimizeReport, ParitySummary, PipelineRecord
+from fxbench.runtime.backends import folder_backends
+from fxbench.runtime.bench import BenchResult, Choice, Shape, best_artifact
 from fxbench.runtime.harness import Measure, Warmup
-from fxbench.runtime.report import write_json
-from fxbench.runtime.steps import (
-    EventFn,
-    default_output_dir,
-    dims_record,
-    export_plan,
-    load_and_capture,
-    model_record,
-    no_events,
-    pass_context,
-    raise_for_failures,
-    resolve_model_source,
-    step,
-)
 
 if TYPE_CHECKING:
-    from fxbench.exporters.targets import ExportFailure, ExportOptions, ExportOutcome
+    from fxbench.exporters.export import ExportFailure, ExportOptions, ExportOutcome
 
-# `fxbench export` lives in export_job; its names stay importable from here.
-from fxbench.runtime.export_job import ExportRequest, ExportResult, export  # noqa: E402
-
-__all__ = [
-    "Candidate",
-    "EventFn",
-    "ExportRequest",
-    "ExportResult",
-    "OptimizeRequest",
-    "OptimizeResult",
-    "export",
-    "load_and_capture",
-    "optimize",
-    "optimize_captured",
-    "pass_context",
-    "resolve_model_source",
-]
+__all__ = ["OptimizeRequest", "OptimizeResult", "optimize", "optimize_captured"]
 
 # The int8 baseline is ONNX Runtime's quantization, not fxbench's: benchmarked beside, never "best".
 _BASELINE_KINDS = ("onnx-int8",)
@@ -89,37 +64,9 @@ class OptimizeRequest:
 
 
 @dataclass
-class Candidate:
-    """One pipeline's result: its program, artifacts, benchmark and the fastest artifact within budget."""
-
-    pipeline: str | None
-    passes: list[str]
-    result: PipelineResult | None = None
-    artifacts: list[Artifact] = field(default_factory=list)
-    failures: tuple[ExportFailure, ...] = ()
-    bench: BenchResult | None = None
-    best: Choice | None = None
-    error: str | None = None  # the candidate failed as a whole (search goes on with the others)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "pipeline": self.pipeline,
-            "passes": self.passes,
-            "status": "failed" if self.error else "ok",
-            "error": self.error,
-            "precision": self.result.precision if self.result else None,
-            "parity": self.result.parity.to_dict() if self.result else None,
-            "artifacts": [a.file for a in self.artifacts],
-            "best": {**self.best.to_dict(), "artifact": Path(self.best.artifact).name if self.best.artifact else None} if self.best else None,
-            "seconds": round(sum(self.timings.values()), 3),
-        }
-
-
-@dataclass
 class OptimizeResult:
     output_dir: Path
-    report: dict[str, Any]
+    report: OptimizeReport
     pipeline: PipelineResult
     captured: CapturedProgram
     timings: dict[str, float] = field(default_factory=dict)
@@ -128,15 +75,18 @@ class OptimizeResult:
     best: Choice | None = None
     candidates: list[Candidate] = field(default_factory=list)
 
+    @property
+    def report_json(self) -> dict[str, Any]:
+        """The report as report.json holds it."""
+        return self.report.to_dict()
+
     def raise_for_failures(self) -> None:
         """Export targets that failed (their files absent, the rest written): one error for all."""
         raise_for_failures(self.export_failures)
 
 
 def _device(request: OptimizeRequest) -> str:
-    if request.export is not None:
-        return request.export.device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return request.export.device if request.export is not None else default_device()
 
 
 def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[Shape]:
@@ -180,7 +130,7 @@ def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Pat
                   timings: dict[str, float], prefix: str) -> tuple[Any, Artifact]:
     with step(events, f"{prefix}save", timings) as d:
         program = export_graph_module(result.module, captured)
-        path = save_program(program, folder / "model.pt2")
+        path = save_program(program, folder / PROGRAM_FILE)
         reloaded = load_program(path).module()
         parity: Parity = compare(run_module(reloaded, captured.inputs.tensors), result.reference, result.output_names)
         if not result.tolerance.accepts(parity):
@@ -197,7 +147,7 @@ def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Pat
 def _export_targets(program: Any, captured: CapturedProgram, result: PipelineResult, targets: tuple[str, ...],
                     options: ExportOptions | None, folder: Path, events: EventFn) -> ExportOutcome:
     from fxbench.exporters.checks import ExportSubject
-    from fxbench.exporters.targets import ExportOutcome, export_artifacts
+    from fxbench.exporters.export import ExportOutcome, export_artifacts
 
     if not targets:
         return ExportOutcome()
@@ -207,15 +157,13 @@ def _export_targets(program: Any, captured: CapturedProgram, result: PipelineRes
 
 def _bench(captured: CapturedProgram, folder: Path, artifacts: list[Artifact], request: OptimizeRequest, device: str,
            shapes: list[Shape], events: EventFn, timings: dict[str, float], prefix: str) -> tuple[BenchResult, Choice | None]:
-    from fxbench.runtime.backends import folder_backends
-
     backends = folder_backends(folder, artifacts, device)
     own = {str(folder / a.file) for a in artifacts if a.kind not in _BASELINE_KINDS}
     among = [b.label for b in backends if b.artifact is not None and str(b.artifact) in own]
     with step(events, f"{prefix}bench", timings) as d:
         bench = run_benchmark(
             captured, backends, shapes, device=device, threads=request.threads, warmup=request.warmup,
-            measure=request.measure, events=lambda s, st, det: events(f"{prefix}{s}", st, det), command=sys.argv,
+            measure=request.measure, events=prefixed(events, prefix), command=sys.argv,
         )
         best = best_artifact(bench, request.min_cosine, request.max_abs_error, among=among)
         d["detail"] = (f"best {best.backend}: {best.median_ms:.2f} ms" + (f", {best.speedup:.2f}x eager" if best.speedup else "")
@@ -236,16 +184,6 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
         cand.bench, cand.best = _bench(captured, folder, cand.artifacts, request, device, _bench_shapes(request, captured),
                                        events, cand.timings, prefix)
     return cand
-
-
-def _winner(candidates: list[Candidate]) -> Candidate:
-    ok = [c for c in candidates if c.error is None]
-    timed = [c for c in ok if c.best is not None]
-    if timed:
-        return min(timed, key=lambda c: c.best.median_ms if c.best else math.inf)
-    if ok:
-        return ok[0]
-    raise VerificationError("every candidate pipeline failed: " + "; ".join(f"{c.pipeline}: {c.error}" for c in candidates))
 
 
 def _validate(request: OptimizeRequest) -> None:
@@ -311,7 +249,7 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
     with staged_directory(plan.out_dir, request.force) as staging:
         candidates: list[Candidate] = []
         for name, passes in plan.pipelines:
-            folder = staging / "search" / str(name) if request.search else staging
+            folder = candidate_folder(staging, name) if request.search else staging
             folder.mkdir(parents=True, exist_ok=True)
             prefix = f"{name}: " if request.search else ""
             try:
@@ -321,16 +259,13 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
                 if not request.search:
                     raise
                 candidates.append(Candidate(name, [p.name for p in passes], error=" ".join(str(exc).split())))
-        winner = _winner(candidates)
+        winner = pick_winner(candidates)
         if request.search:
-            for item in (staging / "search" / str(winner.pipeline)).iterdir():
-                shutil.move(str(item), staging / item.name)
-            shutil.rmtree(staging / "search")
+            keep_winner(staging, winner)
         for cand in candidates:
             timings.update({f"{cand.pipeline}: {k}" if request.search else k: v for k, v in cand.timings.items()})
         report = _report(request, captured, winner, candidates, plan.device, started, timings)
-        write_json(report, staging / "report.json")
-        _write_human_reports(report, winner.bench, staging)
+        write_optimize_reports(report, staging)
     assert winner.result is not None
     return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, winner.bench, winner.best, candidates)
 
@@ -338,61 +273,40 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
 def _plan_targets(request: OptimizeRequest, device: str) -> tuple[tuple[str, ...], ExportOptions | None]:
     if request.targets is not None:
         return export_plan(request.targets, request.export)
-    from fxbench.exporters.targets import ExportOptions, device_targets
+    from fxbench.exporters.export import ExportOptions
+    from fxbench.exporters.targets import device_targets
 
     options = request.export or ExportOptions(device=device)
     return device_targets(options), options
 
 
-def _file_names(bench: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark's record with artifact paths as file names: it was run in the staging folder,
-    which is renamed into place afterwards, and a report must not name a machine's temp paths."""
-    for rec in bench.get("backends", []):
-        if rec.get("artifact"):
-            rec["artifact"] = Path(rec["artifact"]).name
-    return bench
+def _file_names(bench: BenchResult) -> BenchResult:
+    """The benchmark with artifact paths as file names: it was run in the staging folder, which is
+    renamed into place afterwards, and a report must not name a machine's temp paths."""
+    backends = tuple(dataclasses.replace(b, artifact=Path(b.artifact).name) if b.artifact else b for b in bench.backends)
+    return dataclasses.replace(bench, backends=backends)
 
 
 def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candidate, candidates: list[Candidate], device: str,
-            started: _dt.datetime, timings: dict[str, float]) -> dict[str, Any]:
+            started: _dt.datetime, timings: dict[str, float]) -> OptimizeReport:
     result = winner.result
     assert result is not None
-    hist_before = op_histogram(captured.graph_module())
-    best = None
-    if winner.best is not None:
-        best = {**winner.best.to_dict(), "artifact": Path(winner.best.artifact).name if winner.best.artifact else None,
-                "min_cosine": request.min_cosine, "max_abs_error": request.max_abs_error}
-    report: dict[str, Any] = {
-        "fxbench_version": fxbench.__version__,
-        "created": started.isoformat(timespec="seconds"),
-        "model": model_record(captured.loaded),
-        "inputs": {**captured.inputs.describe(), "dynamic": dims_record(captured)},
-        "capture": {"seconds": captured.seconds, "nodes": len(captured.exported.graph.nodes)},
-        "device": device,
-        "pipeline": {"name": winner.pipeline, "edits": list(request.passes), "passes": winner.passes},
-        "passes": [r.to_dict() for r in result.records],
-        "op_histogram": {"before": dict(hist_before.most_common()), "after": dict(op_histogram(result.module).most_common())},
-        "parity": {
-            "against": "eager PyTorch fp32" if not result.rebased else "the model as changed by layer surgery",
-            "final": result.parity.to_dict(),
-            "eager": result.eager_parity.to_dict() if result.eager_parity else None,
-            "tolerance": result.tolerance.to_dict(),
-        },
-        "artifacts": [a.to_dict() for a in winner.artifacts],
-        "export_failures": [f.to_dict() for f in winner.failures],
-        "benchmark": _file_names(winner.bench.to_dict()) if winner.bench else None,
-        "best": best,
-        "environment": collect_environment(sys.argv),
-        "seconds": dict(timings),
-    }
-    if request.search:
-        report["search"] = [c.summary() for c in candidates]
-    return report
-
-
-def _write_human_reports(report: dict[str, Any], bench: BenchResult | None, folder: Path) -> None:
-    from fxbench.runtime.optimize_report import render_optimize_html, render_optimize_markdown
-
-    (folder / "report.md").write_text(render_optimize_markdown(report, bench), encoding="utf-8")
-    if bench is not None:
-        (folder / "report.html").write_text(render_optimize_html(report, bench), encoding="utf-8")
+    return OptimizeReport(
+        header=report_header(captured, started),
+        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes)),
+        device=device,
+        pipeline=PipelineRecord(winner.pipeline, tuple(request.passes), tuple(winner.passes)),
+        passes=tuple(result.records),
+        op_histogram=OpHistogram(dict(op_histogram(captured.graph_module()).most_common()), dict(op_histogram(result.module).most_common())),
+        parity=ParitySummary(
+            against="eager PyTorch fp32" if not result.rebased else "the model as changed by layer surgery",
+            final=result.parity, eager=result.eager_parity, tolerance=result.tolerance,
+        ),
+        artifacts=tuple(winner.artifacts),
+        export_failures=tuple(winner.failures),
+        benchmark=_file_names(winner.bench) if winner.bench else None,
+        best=BestArtifact(file_named(winner.best), request.min_cosine, request.max_abs_error) if winner.best else None,
+        environment=collect_environment(sys.argv),
+        seconds=dict(timings),
+        search=tuple(c.record() for c in candidates) if request.search else None,
+    )

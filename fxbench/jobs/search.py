@@ -1,0 +1,72 @@
+"""`fxbench optimize --search`: each preset that fits the device is a candidate in its own folder;
+the fastest within the accuracy budget wins and its files become the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fxbench.errors import VerificationError
+from fxbench.exporters import Artifact
+from fxbench.passes import PipelineResult
+from fxbench.reports.records import SearchCandidate
+from fxbench.runtime.bench import BenchResult, Choice
+
+if TYPE_CHECKING:
+    from fxbench.exporters.export import ExportFailure
+
+__all__ = ["Candidate", "candidate_folder", "file_named", "keep_winner", "pick_winner"]
+
+
+def file_named(choice: Choice) -> Choice:
+    """`choice` with its artifact as a file name: the run happened in a staging folder that is renamed away."""
+    return dataclasses.replace(choice, artifact=Path(choice.artifact).name if choice.artifact else None)
+
+
+@dataclass
+class Candidate:
+    """One pipeline's run: its program, artifacts, benchmark and the fastest artifact within budget."""
+
+    pipeline: str | None
+    passes: list[str]
+    result: PipelineResult | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    failures: tuple[ExportFailure, ...] = ()
+    bench: BenchResult | None = None
+    best: Choice | None = None
+    error: str | None = None  # the candidate failed as a whole (search goes on with the others)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> SearchCandidate:
+        return SearchCandidate(
+            pipeline=self.pipeline, passes=tuple(self.passes), status="failed" if self.error else "ok", error=self.error,
+            precision=self.result.precision if self.result else None, parity=self.result.parity if self.result else None,
+            artifacts=tuple(a.file for a in self.artifacts), best=file_named(self.best) if self.best else None,
+            seconds=round(sum(self.timings.values()), 3),
+        )
+
+
+def candidate_folder(staging: Path, pipeline: str | None) -> Path:
+    return staging / "search" / str(pipeline)
+
+
+def pick_winner(candidates: list[Candidate]) -> Candidate:
+    """The fastest candidate within budget; without a timed one, the first that ran; none: an error."""
+    ok = [c for c in candidates if c.error is None]
+    timed = [c for c in ok if c.best is not None]
+    if timed:
+        return min(timed, key=lambda c: c.best.median_ms if c.best else math.inf)
+    if ok:
+        return ok[0]
+    raise VerificationError("every candidate pipeline failed: " + "; ".join(f"{c.pipeline}: {c.error}" for c in candidates))
+
+
+def keep_winner(staging: Path, winner: Candidate) -> None:
+    """The winner's files up into the output folder; the other candidates' go."""
+    for item in candidate_folder(staging, winner.pipeline).iterdir():
+        shutil.move(str(item), staging / item.name)
+    shutil.rmtree(staging / "search")

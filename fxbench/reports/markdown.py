@@ -1,0 +1,52 @@
+"""report.md: the benchmark's, and `fxbench optimize`'s (its summary, search, passes and artifacts, then the benchmark)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from fxbench.reports.records import OptimizeReport
+from fxbench.reports import rows
+from fxbench.runtime.bench import BenchResult
+
+__all__ = ["md_table", "render_markdown", "render_optimize_markdown"]
+
+_RIGHT = {"load s", "first call s", "warm-up runs", "warm-up s"}
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(columns: Sequence[str], cells: Iterable[rows.Cells], right: Iterable[str] = ()) -> list[str]:
+    """A markdown table of the rows' cells in `columns` ('' where a row has none); `right` columns right-aligned."""
+    right = set(right)
+    return ["| " + " | ".join(columns) + " |", "| " + " | ".join("---:" if c in right else "---" for c in columns) + " |",
+            *("| " + " | ".join(_escape(row.get(c, "")) for c in columns) + " |" for row in cells)]
+
+
+def render_markdown(result: BenchResult) -> str:
+    """report.md: the table, what was measured and how, the backends, and the environment."""
+    cols = rows.table_columns(result)
+    out = [f"# fxbench bench: {result.model.get('name')}", ""]
+    out += [f"- {line}" for line in rows.header_lines(result)] + [""]
+    out += md_table(cols, (row.cells() for row in rows.bench_rows(result)), right=[c for c in cols if c not in rows.LEFT])
+    out += ["", rows.method_note(result), "", "## Backends", ""] + md_table(rows.RUN_BACKEND_COLUMNS, rows.run_backend_rows(result), _RIGHT)
+    warm = rows.warmup_rows(result)
+    if warm:
+        out += ["", "## Warm-up", ""] + md_table(rows.WARMUP_COLUMNS, warm, _RIGHT)
+    out += ["", "## Environment", ""] + [f"- {line}" for line in rows.environment_lines(result.environment)] + [""]
+    return "\n".join(out)
+
+
+def render_optimize_markdown(report: OptimizeReport) -> str:
+    out = [f"# fxbench optimize: {report.model.name}", ""]
+    out += [f"- {line}" for line in rows.summary_lines(report)] + [""]
+    if report.search:
+        out += ["## Search", ""] + md_table(rows.SEARCH_COLUMNS, rows.search_rows(report.search)) + [""]
+    out += ["## Passes", ""] + md_table(rows.PASS_COLUMNS, rows.pass_rows(report.passes)) + [""]
+    out += ["## Artifacts", ""] + md_table(rows.ARTIFACT_COLUMNS, rows.artifact_rows(report.artifacts, report.export_failures)) + [""]
+    if report.benchmark is not None:
+        body = render_markdown(report.benchmark).splitlines()
+        body = body[1:] if body and body[0].startswith("# ") else body  # its title is ours now
+        out += ["## Benchmark", ""] + [("#" + line if line.startswith("## ") else line) for line in body]
+    return "\n".join(out).rstrip() + "\n"
