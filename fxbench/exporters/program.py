@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch.export import ExportedProgram
 
+import fxbench.passes._quantize  # noqa: F401 - the quantize ops a saved program may call must exist before it loads
+
 __all__ = ["PROGRAM_FILE", "load_program", "save_program"]
 
 PROGRAM_FILE = "model.pt2"  # the name in an output folder
