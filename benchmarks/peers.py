@@ -8,7 +8,7 @@ agreement metrics and interleaved timing apply to it as to fxbench's own artifac
 
     peer = ort_recipe(model_dir, work / "ort")          # or ctranslate2_int8(model_dir, work / "ct2")
     step, fetch = peer.bind(input_ids, attention_mask)
-    step(); hidden = fetch()
+    step(); hidden = fetch()["last_hidden_state"]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Peer", "PeerUnavailable", "ctranslate2_int8", "ort_recipe", "peers"]
+from fxbench.errors import BackendUnavailableError
+from fxbench.models import CapturedProgram
+from fxbench.runtime import BACKENDS, Backend, BackendSpec, register_backend
+from fxbench.runtime.sessions import Bound, Session, SessionOptions
+
+__all__ = ["Peer", "PeerSession", "PeerUnavailable", "ctranslate2_int8", "ort_recipe", "peer_backends", "peers"]
 
 Step = Callable[[], object]
-Fetch = Callable[[], torch.Tensor]
+Fetch = Callable[[], dict[str, torch.Tensor]]
 
 
 class PeerUnavailable(RuntimeError):
@@ -42,7 +47,8 @@ class PeerUnavailable(RuntimeError):
 class Peer:
     """A built peer. `bind(input_ids, attention_mask)` places the batch (right-padded, mask 1 on real
     tokens) where the peer reads it and returns `(step, fetch)`: `step()` runs one inference,
-    `fetch()` gives the latest `last_hidden_state` [batch, seq, hidden] as float32."""
+    `fetch()` gives the latest outputs by name as float32 (`last_hidden_state` [batch, seq, hidden],
+    and `pooler_output` where the peer computes one)."""
 
     name: str
     artifacts: tuple[Path, ...]
@@ -54,7 +60,7 @@ class Peer:
         """One inference, untimed: `last_hidden_state` for the batch."""
         step, fetch = self.bind(input_ids, attention_mask)
         step()
-        return fetch()
+        return fetch()["last_hidden_state"]
 
 
 def _config(model_dir: Path) -> dict[str, Any]:
@@ -160,6 +166,7 @@ def ort_recipe(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(quantized), sess_options=options, providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
 
     def bind(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Step, Fetch]:
         ids = input_ids.numpy().astype(np.int64)
@@ -168,13 +175,13 @@ def ort_recipe(
         last: list[Any] = [None]
 
         def step() -> object:
-            last[0] = session.run(["last_hidden_state"], feeds)
+            last[0] = session.run(outputs, feeds)
             return last[0]
 
-        def fetch() -> torch.Tensor:
+        def fetch() -> dict[str, torch.Tensor]:
             if last[0] is None:
                 step()
-            return torch.from_numpy(np.asarray(last[0][0], dtype=np.float32))
+            return {name: torch.from_numpy(np.asarray(v, dtype=np.float32)) for name, v in zip(outputs, last[0])}
 
         return step, fetch
 
@@ -242,10 +249,13 @@ def ctranslate2_int8(model_dir: Path, work: Path, *, threads: int = 2, compute_t
             last[0] = encoder.forward_batch(ids, lengths)
             return last[0]
 
-        def fetch() -> torch.Tensor:
+        def fetch() -> dict[str, torch.Tensor]:
             if last[0] is None:
                 step()
-            return torch.from_numpy(np.array(last[0].last_hidden_state, dtype=np.float32))
+            out = {"last_hidden_state": torch.from_numpy(np.array(last[0].last_hidden_state, dtype=np.float32))}
+            if last[0].pooler_output is not None:
+                out["pooler_output"] = torch.from_numpy(np.array(last[0].pooler_output, dtype=np.float32))
+            return out
 
         return step, fetch
 
@@ -273,3 +283,49 @@ def peers(model_dir: Path, work: Path, *, threads: int = 2, per_channel: bool = 
         except PeerUnavailable as exc:
             skipped[name] = str(exc)
     return built, skipped
+
+
+# ----- peers as fxbench backends: timed in the same interleaved rounds as fxbench's artifacts
+
+
+class PeerSession(Session):
+    """A built peer behind fxbench's `Session` interface: the workload's inputs in, the capture's
+    outputs out (in its order), so the harness checks it against eager and times it in the same
+    rounds as fxbench's artifacts."""
+
+    device = "cpu"
+    precision = "int8"
+    torch_allocator = False
+    io = "inputs converted for the peer once, at bind"
+
+    def __init__(self, peer: Peer, captured: CapturedProgram, options: SessionOptions):
+        if options.device != "cpu":
+            raise BackendUnavailableError("the peers run on the CPU")
+        super().__init__(captured.input_names, captured.output_names)
+        self.peer = peer
+        self.backend = f"peer: {peer.name}"
+
+    def bind(self, inputs: Mapping[str, torch.Tensor]) -> Bound:
+        step, fetch = self.peer.bind(inputs["input_ids"], inputs["attention_mask"])
+
+        def outputs() -> tuple[torch.Tensor, ...]:
+            got = fetch()
+            missing = [n for n in self.output_names if n not in got]
+            if missing:
+                raise BackendUnavailableError(f"{self.peer.name} gives no {', '.join(missing)}")
+            return tuple(got[n] for n in self.output_names)
+
+        return Bound(step=step, fetch=outputs)
+
+
+def peer_backends(built: list[Peer]) -> list[Backend]:
+    """One registered fxbench backend per built peer (peer-ort-recipe, peer-ctranslate2), as
+    `Backend` records for `run_benchmark`."""
+    out = []
+    for peer in built:
+        name = "peer-" + ("ort-recipe" if peer.name.startswith("ORT") else peer.name.split()[0].lower())
+        if name not in BACKENDS:
+            register_backend(BackendSpec(name, peer.name, ("cpu",), lambda captured, options, p=peer: PeerSession(p, captured, options),
+                                         precision="int8"))
+        out.append(Backend(name, label=peer.name))
+    return out

@@ -143,7 +143,7 @@ def optimize(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every backend (default: torch's).")] = None,
     min_cosine: Annotated[float, typer.Option("--min-cosine", help="Accuracy budget of the best artifact: worst output cosine against eager fp32.")] = 0.99,
     max_abs_error: Annotated[float, typer.Option("--max-abs-error", help="Accuracy budget: largest absolute error against eager fp32.")] = float("inf"),
-    search: Annotated[bool, typer.Option("--search", help="Try the presets that fit --device; keep the fastest within the budget.")] = False,
+    search: Annotated[bool | None, typer.Option("--search/--no-search", help="Try the presets that fit --device; keep the fastest within the budget (default: on a CPU without --pipeline or --passes).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time

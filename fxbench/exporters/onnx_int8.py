@@ -40,8 +40,8 @@ def translations(opset: int) -> dict[Callable[..., Any], Callable[..., Any]]:
       the float64 / int64 that PyTorch gives them, so the graph's types hold); quantize and
       dequantize_per_tensor.tensor read them back through casts. The onnx-ort target folds the
       casts and the re-quantization away (DynamicQuantizeLinear's own output is the same codes).
-    - fxbench::quantize_rows / dequantize_rows: blocked QuantizeLinear / DequantizeLinear along the
-      last axis, one block per row, with the fixed zero point expanded to the scale's shape.
+    - fxbench::quantize_rows: blocked QuantizeLinear along the last axis, one block per row, with
+      the fixed zero point expanded to the scale's shape; dequantize_rows: (float(q) - zero) * scale.
     """
     op = getattr(onnxscript, f"opset{opset}")
 
@@ -65,7 +65,10 @@ def translations(opset: int) -> dict[Callable[..., Any], Callable[..., Any]]:
         return op.QuantizeLinear(x, scale, _zero_point(op, zero_point, scale), axis=-1, block_size=int(x.shape[-1]))
 
     def dequantize_rows(q, scale, zero_point: int):  # noqa: ANN001, ANN202
-        return op.DequantizeLinear(q, scale, _zero_point(op, zero_point, scale), axis=-1, block_size=int(q.shape[-1]))
+        # Arithmetic, not a blocked DequantizeLinear: ORT's load-time QDQ fusion would make that a
+        # MatMulIntegerToFloat with a zero point per row, which its kernel refuses at run time.
+        zero = op.Constant(value=ir.tensor(np.array(zero_point, dtype=np.float32)))
+        return op.Mul(op.Sub(op.Cast(q, to=ir.DataType.FLOAT), zero), scale)
 
     return {
         qd.choose_qparams.tensor: choose_qparams,
@@ -186,6 +189,28 @@ def _expanded_scalar(model: ir.Model, value: ir.Value) -> ir.Value | None:
     return model.graph.initializers[name]
 
 
+def _row_dequantized(model: ir.Model, value: ir.Value, k: int) -> tuple[ir.Value, ir.Value, ir.Value] | None:
+    """(codes, row scale, scalar zero point) of (float(codes) - zero) * scale, with the codes from a
+    QuantizeLinear blocked along the last axis (one block of `k` per row) with that zero point."""
+    mul = value.producer()
+    if not _std(mul, "Mul"):
+        return None
+    sub, scale = mul.inputs[0].producer(), mul.inputs[1]
+    cast = sub.inputs[0].producer() if _std(sub, "Sub") else None
+    if not _std(cast, "Cast"):
+        return None
+    codes = cast.inputs[0]
+    quant = codes.producer()
+    zero = _constant(sub.inputs[1])
+    if (not _std(quant, "QuantizeLinear") or quant.attributes.get_int("block_size", 0) != k or len(quant.inputs) < 3
+            or quant.inputs[1] is not scale or zero is None or zero.size != 1):
+        return None
+    stored = _expanded_scalar(model, quant.inputs[2])
+    if stored is None or float(stored.const_value.numpy()) != float(zero.reshape(())):
+        return None
+    return codes, scale, stored
+
+
 def _replace(model: ir.Model, old: ir.Value, new_node: ir.Node, before: ir.Node) -> None:
     model.graph.insert_before(before, new_node)
     new_node.outputs[0].shape, new_node.outputs[0].type = old.shape, old.type
@@ -198,8 +223,8 @@ def integer_matmuls(model: ir.Model) -> dict[str, int]:
     Rules:
     1. The weight is DequantizeLinear(W int8 [K, N], scale [N], zero 0, axis 1) read by this MatMul
        alone (torch.onnx's transposes folded first); the activation is DequantizeLinear of
-       DynamicQuantizeLinear(x) (per tensor) or of a blocked QuantizeLinear along the last axis
-       with a constant zero point (per row).
+       DynamicQuantizeLinear(x) (per tensor), or (float(codes) - zero) * scale of a QuantizeLinear
+       blocked along the last axis with that constant zero point (per row).
     2. Per tensor, the only reader of x's codes: DynamicQuantizeMatMul(x, W, scale, bias), the
        bias (a constant [N] Add) inside. Codes shared by several MatMuls (Q, K, V): one
        DynamicQuantizeLinear and MatMulIntegerToFloat(codes, W, ...) each, bias inside (a fused
@@ -214,34 +239,34 @@ def integer_matmuls(model: ir.Model) -> dict[str, int]:
         a, b = node.inputs
         weight = _int8_weight(b)
         adq = a.producer()
-        if weight is None or not _std(adq, "DequantizeLinear"):
+        if weight is None or adq is None:
             continue
         w, w_scale = weight
         columns = int(w.shape[1])
+        rows = _row_dequantized(model, a, int(w.shape[0]))
+        if rows is not None:
+            codes, a_scale, zero = rows
+            new = ir.node("MatMulIntegerToFloat", [codes, w, a_scale, w_scale, zero], domain="com.microsoft")
+            _replace(model, node.outputs[0], new, node)
+            counts["MatMulIntegerToFloat_rows"] += 1
+            continue
+        if not _std(adq, "DequantizeLinear"):
+            continue
         codes, a_scale, a_zero = adq.inputs[0], adq.inputs[1], adq.inputs[2] if len(adq.inputs) > 2 else None
         source = codes.producer()
-        out = node.outputs[0]
-        if _std(source, "DynamicQuantizeLinear") and codes is source.outputs[0] and a_scale is source.outputs[1] and a_zero is source.outputs[2]:
-            found = _bias_add(out, columns)
-            bias = found[1] if found else None
-            target = found[0].outputs[0] if found else out
-            alone = len(codes.uses()) == 1 and len(a.uses()) == 1
-            if alone:
-                new = ir.node("DynamicQuantizeMatMul", [source.inputs[0], w, w_scale, None, bias], domain="com.microsoft")
-            else:
-                new = ir.node("MatMulIntegerToFloat", [codes, w, a_scale, w_scale, a_zero, None, bias], domain="com.microsoft")
-            _replace(model, target, new, node)
-            counts[new.op_type] += 1
+        if not (_std(source, "DynamicQuantizeLinear") and codes is source.outputs[0] and a_scale is source.outputs[1]
+                and a_zero is source.outputs[2]):
             continue
-        k = int(w.shape[0])
-        if (_std(source, "QuantizeLinear") and adq.attributes.get_int("block_size", 0) == k
-                and adq.attributes.get_int("axis", 1) in (-1, (a.shape.rank() - 1) if a.shape else -1) and a_zero is not None):
-            zero = _expanded_scalar(model, a_zero)
-            if zero is None:
-                continue
-            new = ir.node("MatMulIntegerToFloat", [codes, w, a_scale, w_scale, zero], domain="com.microsoft")
-            _replace(model, out, new, node)
-            counts["MatMulIntegerToFloat_rows"] += 1
+        out = node.outputs[0]
+        found = _bias_add(out, columns)
+        bias = found[1] if found else None
+        target = found[0].outputs[0] if found else out
+        if len(codes.uses()) == 1 and len(a.uses()) == 1:
+            new = ir.node("DynamicQuantizeMatMul", [source.inputs[0], w, w_scale, None, bias], domain="com.microsoft")
+        else:
+            new = ir.node("MatMulIntegerToFloat", [codes, w, a_scale, w_scale, a_zero, None, bias], domain="com.microsoft")
+        _replace(model, target, new, node)
+        counts[new.op_type] += 1
     _sweep(model)
     return counts
 
