@@ -50,9 +50,19 @@ def parse_args(description: str, *, batch: str = "1", seq: str = "128", devices:
     p.add_argument("--rounds", type=int, default=5, help="Rounds the backends' timed runs are interleaved in (default 5): ratios that hold on a noisy machine.")
     p.add_argument("--note", default="", help="A note stored with the results, e.g. 'noisy: other jobs on the machine'.")
     p.add_argument("--out", type=Path, default=RESULTS, help="Folder for <name>-<device>.json and .md.")
+    p.add_argument("--no-spin", action="store_true",
+                   help="ONNX Runtime sessions (fxbench's and the ORT peer's) without spin-waiting threads: on a host with more "
+                        "runnable threads than cores, spinning costs ORT several times its speed (recorded in the JSON).")
+    p.add_argument("--work", type=Path, default=None,
+                   help="Work folder; fxbench output folders already in it are reused instead of optimized again.")
     if devices:
         p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all (cuda only when present).")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.no_spin:
+        from fxbench.runtime.sessions.onnxruntime import NO_SPIN_ENV
+
+        os.environ[NO_SPIN_ENV] = "1"
+    return args
 
 
 def settings(args: argparse.Namespace) -> tuple[Warmup, Measure]:
@@ -72,6 +82,8 @@ def fxbench_backends(captured: CapturedProgram, pipelines: Sequence[str], work: 
     out: list[Backend] = []
     for pipeline in pipelines:
         folder = (done or {}).get(pipeline)
+        if folder is None and (work / f"fxbench-{pipeline}-{device}" / "report.json").is_file():
+            folder = work / f"fxbench-{pipeline}-{device}"  # made by an earlier run in this work folder
         if folder is None:
             folder = work / f"fxbench-{pipeline}-{device}"
             t = time.perf_counter()
@@ -116,6 +128,7 @@ def save(name: str, result: BenchResult, args: argparse.Namespace, extra: dict[s
         "quick": bool(args.quick),
         "note": args.note,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "ort_spinning": not getattr(args, "no_spin", False),
         "fxbench_backends": fxbench,
         "best_artifact": best.to_dict() if best else None,  # fxbench's fastest artifact at cosine >= 0.999
         **extra,

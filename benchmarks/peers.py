@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -164,6 +165,8 @@ def ort_recipe(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if os.environ.get("FXBENCH_ORT_NO_SPIN") == "1":  # the benchmarks' --no-spin, as for fxbench's own ORT sessions
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(quantized), sess_options=options, providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
@@ -192,6 +195,7 @@ def ort_recipe(
         details={
             "recipe": "torch.onnx.export(dynamo=False, eager attention) -> optimize_model(model_type='bert') -> quantize_dynamic(QInt8)",
             "opt_level": opt_level, "per_channel": per_channel, "threads": threads,
+            "spinning": os.environ.get("FXBENCH_ORT_NO_SPIN") != "1",
             "fused_by_optimizer": {k: v for k, v in fused.items() if v},
             "ops": dict(sorted(ops.items())),
             "onnxruntime": ort.__version__,
