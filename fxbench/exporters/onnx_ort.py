@@ -15,6 +15,7 @@ from fxbench.errors import ExportError, VerificationError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
 from fxbench.exporters.onnx import EXTERNAL_DATA_THRESHOLD, OnnxRunner, onnx_files, ort_providers, save_onnx, stored_details
+from fxbench.exporters.storage import ensure_space
 from fxbench.exporters.onnx_fusions import contrib_op_counts, fuse_for_ort
 from fxbench.exporters.targets import target_file
 
@@ -81,6 +82,7 @@ def optimize_offline(
     options.log_severity_level = 3
     options.graph_optimization_level = ORT_LEVELS[level]
     options.optimized_model_filepath = str(destination)
+    ensure_space(destination.parent, sum(f.stat().st_size for f in onnx_files(start_from)) + 2**20, destination.name)
     if len(onnx_files(Path(source))) > 1:
         # Keep large weights out of the protobuf, as in the source model.
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{destination.name}.data")

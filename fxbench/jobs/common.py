@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import fxbench
-from fxbench.errors import ModelLoadError
+from fxbench.errors import BackendUnavailableError, ModelLoadError
 from fxbench.events import EventFn, no_events, step
 from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, load_model
 from fxbench.passes import PassContext
@@ -23,11 +23,13 @@ __all__ = [
     "default_output_dir",
     "dims_record",
     "export_plan",
+    "input_warning",
     "load_and_capture",
     "model_record",
     "pass_context",
     "raise_for_failures",
     "report_header",
+    "require_device",
     "resolve_model_source",
 ]
 
@@ -35,6 +37,17 @@ __all__ = [
 def default_device() -> str:
     """Where artifacts are made and timed when the user does not say: the GPU when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def require_device(device: str | None) -> None:
+    """--device cuda where torch sees no GPU is one line before any model loads, not a run that
+    makes nothing for the device and ends "no artifact meets the accuracy budget"."""
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise BackendUnavailableError(
+            f"--device cuda: torch {torch.__version__} is {build}; use --device cpu, or run on a machine with a CUDA GPU "
+            f"and a CUDA build of torch"
+        )
 
 
 def raise_for_failures(failures: tuple[ExportFailure, ...]) -> None:
@@ -86,10 +99,20 @@ def load_and_capture(
     with step(events, "load", timings) as d:
         loaded: LoadedModel = load_model(source, task, attn_implementation=attn_implementation)
         d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
+    if loaded.preprocessor_error:
+        events("load", "warn", input_warning(loaded))
     with step(events, "capture", timings) as d:
         captured = capture(loaded, batch=batch, seq=seq, dims=dims)
-        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}"
+        axes = captured.describe_axes()
+        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}" + (f"; {axes}" if axes else "")
     return captured
+
+
+def input_warning(loaded: LoadedModel) -> str | None:
+    """Why the sample inputs are drawn from the config though the model ships a tokenizer / processor."""
+    if not loaded.preprocessor_error:
+        return None
+    return f"{loaded.preprocessor_error}; sample inputs are drawn from the config instead (fix or remove the files)"
 
 
 def model_record(loaded: LoadedModel) -> ModelRecord:
@@ -102,9 +125,10 @@ def model_record(loaded: LoadedModel) -> ModelRecord:
 
 def report_header(captured: CapturedProgram, started: _dt.datetime) -> ReportHeader:
     """The opening of every report.json: fxbench's version, when the job started, the model, the inputs and their ranges."""
+    warning = input_warning(captured.loaded)
     return ReportHeader(
         fxbench_version=fxbench.__version__, created=started.isoformat(timespec="seconds"), model=model_record(captured.loaded),
-        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured)},
+        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured), **({"warning": warning} if warning else {})},
     )
 
 

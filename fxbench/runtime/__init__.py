@@ -15,6 +15,7 @@ from fxbench.runtime.bench import (
     Workload,
     best_artifact,
     bench,
+    parse_image_sizes,
     shapes_from,
 )
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
@@ -40,6 +41,7 @@ __all__ = [
     "default_backends",
     "folder_backends",
     "parse_backends",
+    "parse_image_sizes",
     "register_backend",
     "shapes_from",
 ]
