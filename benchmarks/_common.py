@@ -50,9 +50,19 @@ def parse_args(description: str, *, batch: str = "1", seq: str = "128", devices:
     p.add_argument("--rounds", type=int, default=5, help="Rounds the backends' timed runs are interleaved in (default 5): ratios that hold on a noisy machine.")
     p.add_argument("--note", default="", help="A note stored with the results, e.g. 'noisy: other jobs on the machine'.")
     p.add_argument("--out", type=Path, default=RESULTS, help="Folder for <name>-<device>.json and .md.")
+    p.add_argument("--no-spin", action="store_true",
+                   help="ONNX Runtime sessions (fxbench's and the ORT peer's) without spin-waiting threads: on a host with more "
+                        "runnable threads than cores, spinning costs ORT several times its speed (recorded in the JSON).")
+    p.add_argument("--work", type=Path, default=None,
+                   help="Work folder; fxbench output folders already in it are reused instead of optimized again.")
     if devices:
         p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="cpu, cuda, or all (cuda only when present).")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.no_spin:
+        from fxbench.runtime.sessions.onnxruntime import NO_SPIN_ENV
+
+        os.environ[NO_SPIN_ENV] = "1"
+    return args
 
 
 def settings(args: argparse.Namespace) -> tuple[Warmup, Measure]:
@@ -72,6 +82,8 @@ def fxbench_backends(captured: CapturedProgram, pipelines: Sequence[str], work: 
     out: list[Backend] = []
     for pipeline in pipelines:
         folder = (done or {}).get(pipeline)
+        if folder is None and (work / f"fxbench-{pipeline}-{device}" / "report.json").is_file():
+            folder = work / f"fxbench-{pipeline}-{device}"  # made by an earlier run in this work folder
         if folder is None:
             folder = work / f"fxbench-{pipeline}-{device}"
             t = time.perf_counter()
@@ -116,6 +128,7 @@ def save(name: str, result: BenchResult, args: argparse.Namespace, extra: dict[s
         "quick": bool(args.quick),
         "note": args.note,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "ort_spinning": not getattr(args, "no_spin", False),
         "fxbench_backends": fxbench,
         "best_artifact": best.to_dict() if best else None,  # fxbench's fastest artifact at cosine >= 0.999
         **extra,
@@ -136,3 +149,88 @@ def save(name: str, result: BenchResult, args: argparse.Namespace, extra: dict[s
 
 def command() -> list[str]:
     return [sys.executable.rsplit("/", 1)[-1], *sys.argv]
+
+
+# ----- the CPU int8 comparison (issue 10): peers beside fxbench, accuracy per sentence, the ISA
+
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_isa() -> dict[str, Any]:
+    """The CPU's model and the ISA extensions int8 kernels dispatch on (from /proc/cpuinfo): VNNI
+    and AMX decide how fast an int8 GEMM is, so results only transfer between CPUs that agree here."""
+    flags: set[str] = set()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"model": model, "hypervisor": "hypervisor" in flags, "isa": {f: f in flags for f in ISA_FLAGS},
+            "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+
+
+def sentence_accuracy(captured: CapturedProgram, backends: Sequence[Backend], sentences: Sequence[str], *, threads: int | None,
+                      pooled: bool = True) -> dict[str, dict[str, float]]:
+    """Mean and min cosine, against eager fp32, of each backend's mean-pooled `last_hidden_state`
+    for `sentences`, each at its own length (batch 1: no padding), as a user embeds them; with
+    `pooled` False, of the whole final hidden state (random weights have no sentence meaning)."""
+    import torch
+
+    from fxbench.runtime import create_session
+    from fxbench.runtime.agreement import mean_pool
+
+    tokenizer = captured.loaded.preprocessor
+    feeds = []
+    for text in sentences:
+        enc = tokenizer([text], return_tensors="pt", truncation=True, max_length=128)
+        feeds.append({n: enc[n] if n in enc else torch.zeros_like(enc["input_ids"]) for n in captured.input_names})
+    last = captured.output_names.index("last_hidden_state")
+
+    def embeddings(run: Any) -> torch.Tensor:
+        with torch.no_grad():
+            if pooled:
+                return torch.cat([mean_pool(run(f)[last].double(), f["attention_mask"]) for f in feeds])
+            return torch.stack([run(f)[last].double().flatten() for f in feeds]) if len({f["input_ids"].shape for f in feeds}) == 1 \
+                else torch.nn.utils.rnn.pad_sequence([run(f)[last].double().flatten() for f in feeds], batch_first=True)
+
+    want = embeddings(lambda f: captured.eager(**f))
+    out: dict[str, dict[str, float]] = {}
+    for backend in backends:
+        try:
+            session = create_session(backend, captured, device="cpu", threads=threads)
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+            out[backend.label] = {"error": " ".join(str(exc).split())[:200]}
+            continue
+        try:
+            got = embeddings(session.run)
+        finally:
+            session.close()
+        cos = torch.nn.functional.cosine_similarity(got, want, dim=1)
+        out[backend.label] = {"mean": float(cos.mean()), "min": float(cos.min()), "sentences": len(sentences)}
+    return out
+
+
+def check_shape_parity(folders: Sequence[Path]) -> dict[str, Any]:
+    """Each int8 artifact's own export check at the unseen shape (batch 3, seq 40): its cosine and whether it passed."""
+    out: dict[str, Any] = {}
+    for folder in folders:
+        for artifact in read_artifacts(folder):
+            if artifact.precision != "int8" or not artifact.parity:
+                continue
+            for check, parity in artifact.parity.items():
+                if check.startswith("batch3"):
+                    out[f"{folder.name}/{artifact.file} {check}"] = {"cosine": parity.get("cosine"), "passed": parity.get("passed")}
+    return out
+
+
+def ratio(rows: Sequence[dict[str, Any]], fast: str | None, slow: str | None) -> float | None:
+    """How many times faster `fast` is than `slow` (median latency; both measured in the same rounds)."""
+    by = {r["backend"]: r for r in rows if r.get("status") == "ok"}
+    if fast not in by or slow not in by:
+        return None
+    return by[slow]["median_ms"] / by[fast]["median_ms"]

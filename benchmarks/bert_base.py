@@ -2,8 +2,11 @@
 3072 intermediate, vocab 30522) on the CPU, and on CUDA when present: eager fp32 (and fp16 on a GPU),
 torch.compile max-autotune, ONNX Runtime on a plain export, and every artifact of fxbench's
 pipelines for the device (CPU: O2, int8-cpu; CUDA: O2, O3, bf16: ONNX, ORT-optimized ONNX,
-AOTInductor, TensorRT where installed), side by side in one run per device; the best artifact and
-the targets (CUDA: at least 10x eager fp32, no slower than max-autotune) are judged on the same numbers.
+AOTInductor, TensorRT where installed), side by side in one run per device; on the CPU also the int8
+peers (ONNX Runtime's transformer optimizer + quantize_dynamic; CTranslate2 int8 when installed) in
+the same interleaved rounds, with the final-hidden-state cosine of each over 48 sentences. The best
+artifact and the targets (CPU: at least 1.10x the ORT recipe at final-hidden cosine mean >= 0.995, min
+>= 0.99; CUDA: at least 10x eager fp32, no slower than max-autotune) are judged on the same numbers.
 
     python benchmarks/bert_base.py [--quick] [--device cpu|cuda|all] [--batch 1,8] [--seq 128,512]
 
@@ -19,9 +22,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from _common import backend_summary, command, fastest, fxbench_backends, parse_args, save, settings, shapes
+from _common import (
+    backend_summary, check_shape_parity, command, cpu_isa, fastest, fxbench_backends, parse_args, ratio, save, sentence_accuracy, settings,
+    shapes,
+)
+from peers import peer_backends, peers
 
-from fxbench.models import capture, demo_model_path, load_model
+from fxbench.models import SENTENCES, capture, demo_model_path, load_model
 from fxbench.jobs import run_benchmark
 from fxbench.runtime import Backend
 
@@ -44,6 +51,7 @@ def bert_base(folder: Path) -> Path:
 # fxbench's pipelines per device: exact fp32 and the device's fastest precision.
 PIPELINES = {"cpu": ["O2", "int8-cpu"], "cuda": ["O2", "O3", "bf16"]}
 TARGETS = {"cuda": (10.0, "compile-max-autotune")}  # speedup over eager fp32, and the backend to be no slower than
+CPU_OVER_ORT_RECIPE, MIN_MEAN, MIN_MIN, CHECK_COSINE = 1.10, 0.995, 0.99, 0.98
 
 
 def main() -> None:
@@ -53,9 +61,12 @@ def main() -> None:
     warmup, measure = settings(args)
     work = Path(tempfile.mkdtemp(prefix="fxbench-bert-base-"))
     seconds: dict[str, float] = {}
+    machine = cpu_isa()
+    threads = args.threads or (2 if "cpu" in devices else None)
 
     t = time.perf_counter()
-    captured = capture(load_model(str(bert_base(work / "bert-base"))))
+    folder = bert_base(work / "bert-base")
+    captured = capture(load_model(str(folder)))
     seconds["load and capture"] = time.perf_counter() - t
     t = time.perf_counter()
     torch.onnx.export(captured.exported, dynamo=True, f=str(work / "model.onnx"))
@@ -63,8 +74,17 @@ def main() -> None:
 
     for device in devices:
         ours = fxbench_backends(captured, PIPELINES[device], work, device, seconds)
+        theirs, skipped, built = [], {}, []
+        if device == "cpu":
+            built, skipped = peers(folder, work / "peers", threads=threads)
+            theirs = peer_backends(built)
+            for p in built:
+                seconds[f"peer: {p.name}"] = p.seconds
+            for name, why in skipped.items():
+                print(f"skip peer {name}: {why}")
         backends = [
             Backend("eager"),
+            *theirs,
             *([Backend("eager-fp16")] if device == "cuda" else []),
             Backend("compile-max-autotune"),
             *([Backend("ort", work / "model.onnx", label="ort (plain export)")] if device == "cpu" else [
@@ -73,21 +93,41 @@ def main() -> None:
             ]),
             *ours,
         ]
-        result = run_benchmark(captured, backends, shapes(args), device=device, threads=args.threads, warmup=warmup, measure=measure,
-                               command=command(), events=_print)
+        result = run_benchmark(captured, backends, shapes(args), device=device, threads=threads if device == "cpu" else args.threads,
+                               warmup=warmup, measure=measure, command=command(), events=_print)
         targets: dict[str, object] = {}
+        accuracy = (sentence_accuracy(captured, [b for b in backends if b.name != "eager" and not b.name.startswith("compile")], SENTENCES,
+                                      threads=threads, pooled=False) if device == "cpu" else {})
         for shape in result.shapes:
             rows = backend_summary(result, [b.label for b in backends], shape)
             mine = fastest([r for r in rows if r["backend"] in {b.label for b in ours}], 0.99)
             entry: dict[str, object] = {"best": mine, "summary": rows}
+            if device == "cpu":
+                for r in rows:
+                    r["final_hidden_cosine"] = accuracy.get(r["backend"])
+                ok = [r for r in rows if r["backend"] in {b.label for b in ours} and r["status"] == "ok"
+                      and (r["final_hidden_cosine"] or {}).get("mean", 0) >= MIN_MEAN and (r["final_hidden_cosine"] or {}).get("min", 0) >= MIN_MIN]
+                best = min(ok, key=lambda r: r["median_ms"]) if ok else None
+                recipe = next((b.label for b in theirs if b.name == "peer-ort-recipe"), None)
+                over = ratio(rows, best and best["backend"], recipe)
+                checks = check_shape_parity([work / "fxbench-int8-cpu-cpu"])
+                entry["best"] = best
+                entry[f">= {CPU_OVER_ORT_RECIPE}x the ORT recipe at final-hidden cosine mean >= {MIN_MEAN}, min >= {MIN_MIN}"] = {
+                    "ratio": over, "recipe": recipe, "skipped_peers": skipped, "met": bool(over and over >= CPU_OVER_ORT_RECIPE)}
+                entry[f"every int8 artifact passes fxbench's check at batch 3, seq 40 (cosine >= {CHECK_COSINE})"] = {
+                    "checks": checks, "met": bool(checks) and all((c["cosine"] or 0) >= CHECK_COSINE for c in checks.values())}
             if device in TARGETS:
                 speedup, rival = TARGETS[device]
                 other = next((r for r in rows if r["backend"] == rival), None)
                 entry[f">= {speedup}x eager fp32"] = bool(mine and mine["speedup"] and mine["speedup"] >= speedup)
                 entry[f"no slower than {rival}"] = bool(mine and other and other["status"] == "ok" and mine["median_ms"] <= other["median_ms"])
             targets[shape.label] = entry
+        for shape_label, entry in targets.items():
+            for what, verdict in entry.items():  # type: ignore[union-attr]
+                if isinstance(verdict, dict) and "met" in verdict:
+                    print(f"target {'met' if verdict['met'] else 'NOT met'} ({shape_label}): {what}")
         save("bert_base", result, args, {"preparation_seconds": dict(seconds), "model": "BertModel, bert-base config, random weights (seed 0)",
-                                         "targets": targets},
+                                         "machine": machine, "peers": {p.name: p.details for p in built}, "targets": targets},
              fxbench=[b.label for b in ours])
 
 

@@ -102,7 +102,7 @@ def optimize(
     threads: int | None = None,
     min_cosine: float = 0.99,
     max_abs_error: float | None = None,
-    search: bool = False,
+    search: bool | None = None,
     task: str | None = None,
     opset: int | None = None,
     force: bool = False,

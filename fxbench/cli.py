@@ -32,7 +32,7 @@ from fxbench.task_names import task_help
 
 # ----- choices known without importing torch (tests/test_cli_conventions.py checks each against its source)
 
-PIPELINE_NAMES = ("O1", "O2", "O3", "bf16", "int8-cpu", "int8-gpu", "fp8", "none")
+PIPELINE_NAMES = ("O1", "O2", "O3", "bf16", "int8-cpu", "int8-cpu-static", "int8-gpu", "fp8", "none")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 ATTN_NAMES = ("eager", "sdpa")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -398,7 +398,8 @@ def optimize(
     dtype: Annotated[str, _Names("dtype", DTYPE_NAMES).option("--dtype", rich_help_panel="Passes",
                                        help="Precision of the program and its artifacts: fp16/bf16 add to-fp16/to-bf16 to the pipeline (eager fp32 stays the reference).")] = "fp32",
     strict: Annotated[bool, _flag("--strict", rich_help_panel="Passes", help="A pass that breaks the tolerance is an error, not a rollback.")] = False,
-    search: Annotated[bool, _flag("--search", rich_help_panel="Passes", help="Try the presets that fit --device; keep the best within the budget.")] = False,
+    search: Annotated[Optional[bool], _flag("--search/--no-search", rich_help_panel="Passes",
+                                            help="Try the presets that fit --device; keep the fastest within the budget (default: on a CPU without --pipeline or --passes).")] = None,
     sample_batch: SampleBatchOpt = 2,
     sample_seq: SampleSeqOpt = 16,
     batch_range: Annotated[str, typer.Option("--batch-range", rich_help_panel="Capture", help="Dynamic batch range MIN:MAX.")] = "1:64",

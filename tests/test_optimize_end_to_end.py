@@ -25,23 +25,29 @@ def full_run(tiny_dir, tmp_path_factory):
     return result, out, events
 
 
-def test_default_run_makes_the_cpu_artifacts_and_times_each(full_run):
+def test_default_run_searches_the_cpu_presets_makes_their_artifacts_and_times_each(full_run):
     result, out, events = full_run
     report = json.loads((out / "report.json").read_text())
-    assert report["device"] == "cpu" and report["pipeline"]["name"] == "O2"
-    assert [a["kind"] for a in report["artifacts"]] == ["program", "onnx", "onnx-ort", "aoti"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["model.pt2", "model.onnx", "model.ort.onnx", "model.aoti.pt2", "report.json", "report.md", "report.html"]
-    )
+    # On a CPU, the plain run tries O2 and int8-cpu and keeps the faster; int8-cpu makes only ONNX
+    # Runtime's artifacts (its int8 kernels are the point of it).
+    assert report["device"] == "cpu" and [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
+    made = {c["pipeline"]: c["artifacts"] for c in report["search"]}
+    assert made == {"O2": ["model.pt2", "model.onnx", "model.ort.onnx", "model.aoti.pt2"],
+                    "int8-cpu": ["model.pt2", "model.onnx", "model.ort.onnx"]}
+    winner = report["pipeline"]["name"]
+    files = made[winner]
+    assert [a["file"] for a in report["artifacts"]] == files
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "report.json", "report.md", "report.html"])
     bench = report["benchmark"]
     labels = [b["label"] for b in bench["backends"]]
-    assert labels == ["eager", "program@model.pt2", "ort@model.onnx", "ort@model.ort.onnx", "aoti@model.aoti.pt2"]
+    runner = {"model.pt2": "program", "model.onnx": "ort", "model.ort.onnx": "ort", "model.aoti.pt2": "aoti"}
+    assert labels == ["eager", *(f"{runner[f]}@{f}" for f in files)]
     assert all(b["status"] == "ok" for b in bench["backends"]), bench["backends"]
     # File names only: the run happened in a staging folder that no longer exists.
     assert all(b["artifact"] is None or "/" not in b["artifact"] for b in bench["backends"])
     assert {m["backend"] for m in bench["measurements"]} == set(labels)
     assert all((m["batch"], m["seq"]) == (1, 32) for m in bench["measurements"])
-    assert ("bench", "done") in events
+    assert (f"{winner}: bench", "done") in events
 
 
 def test_best_artifact_is_the_fastest_of_fxbench_within_budget(full_run):
@@ -98,7 +104,7 @@ def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
         ["model.pt2", "model.onnx", "model.ort.onnx", "report.json", "report.md", "report.html"]
     )
     int8 = next(c for c in report["search"] if c["pipeline"] == "int8-cpu")
-    assert int8["precision"] == "int8" and "quantize-int8-static" in int8["passes"]
+    assert int8["precision"] == "int8" and "quantize-int8-dynamic" in int8["passes"]
     assert "## Search" in (out / "report.md").read_text()
     # report.html plots accuracy against latency for every candidate's artifacts, and fits 800 px.
     html = (out / "report.html").read_text()

@@ -204,6 +204,8 @@ def _contiguous_as_clone(program: torch.export.ExportedProgram) -> torch.export.
 
 
 def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
+    from fxbench.exporters.onnx_int8 import translations
+
     # torch.onnx renames the symbolic dims (s18, s41) only when it is handed names; with an
     # ExportedProgram the names are all it uses of `dynamic_shapes`.
     axis_names = _axis_names(subject)
@@ -216,6 +218,7 @@ def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
                 output_names=list(subject.output_names),
                 opset_version=opset,
                 dynamic_shapes=axis_names or None,
+                custom_translation_table=translations(opset),
                 optimize=True,
                 verbose=False,
                 report=False,
@@ -275,9 +278,15 @@ def export_onnx(
     `rename` renames the graph's inputs, outputs and axes after the export's own names are checked
     (the with-past form takes Optimum's dotted names); the checks' inputs then carry the new names,
     and what it returns goes into the details."""
+    from fxbench.exporters.onnx_int8 import DYNAMIC_QUANTIZE_OPSET, dynamic_quantize_ops
+
     start = time.perf_counter()
     validate_opset(opset)
     providers = ort_providers(device)
+    asked = opset
+    if dynamic_quantize_ops(subject.program) and opset < DYNAMIC_QUANTIZE_OPSET:
+        # Run-time row scales need blocked QuantizeLinear (21); 23 also brings ONNX's Attention.
+        opset = DYNAMIC_QUANTIZE_OPSET
     model = _to_onnx(subject, opset)
     shapes = _check_axes(model, subject)
     renamed = rename(model) if rename is not None else None
@@ -294,6 +303,7 @@ def export_onnx(
     details = {
         **({"renamed": renamed} if renamed is not None else {}),
         "opset": opset,
+        **({"opset_raised_from": asked, "opset_raised_for": "run-time int8 activation scales"} if opset != asked else {}),
         "ir_version": model.ir_version,
         "inputs": shapes,
         "outputs": {v.name: _shape_text(v) for v in model.graph.outputs},

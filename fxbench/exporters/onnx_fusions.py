@@ -251,14 +251,26 @@ def fuse_for_ort(model: ir.Model, *, skip: Sequence[str] = ()) -> tuple[ir.Model
     Embedding fusion runs first: afterwards SkipLayerNormalization could take the embedding's
     LayerNormalization when position ids are [batch, seq] (the Adds would match as a skip sum).
     Quantized weights have their transposes folded, and a graph with them keeps its projections
-    apart (their int8 kernels are the point of it). `skip` names fusions to leave out
-    ("embed_layer_normalization", "dequantized_weight_transposes", "xformers").
+    apart (their int8 kernels are the point of it); a graph with run-time activation quantization
+    takes fxbench's CPU int8 rules instead of onnxscript's (onnx_int8.py). `skip` names fusions to
+    leave out ("embed_layer_normalization", "dequantized_weight_transposes", "int8_cpu", "xformers").
     """
+    from fxbench.exporters import onnx_int8
+
     counts: dict[str, int] = {}
     if "embed_layer_normalization" not in skip:
         counts["embed_layer_normalization"] = embed_layer_norm_rules().apply_to_model(model)
     if "dequantized_weight_transposes" not in skip:
         counts["dequantized_weight_transposes"] = fold_dequantized_weight_transposes(model)
+    if onnx_int8.is_dynamic_int8(model) and "int8_cpu" not in skip:
+        # fxbench's CPU int8 form has rules of its own: integer GEMMs with their biases inside, plain
+        # LayerNormalization after a Sum, ONNX Attention; onnxscript's fusions would undo them
+        # (SkipLayerNormalization, BiasGelu and MultiHeadAttention are all slower here).
+        counts["requantization"] = onnx_int8.fold_requantization(model)
+        counts.update(onnx_int8.integer_matmuls(model))
+        counts["sum_residuals"] = onnx_int8.sum_residuals(model)
+        counts["attention_3d"] = onnx_int8.attention_3d(model)
+        return model, counts
     quantized = has_dequantized_weights(model)
     if "xformers" not in skip:
         with _without_packed_attention() if quantized else contextlib.nullcontext():

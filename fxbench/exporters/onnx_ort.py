@@ -32,6 +32,15 @@ ORT_LEVELS = {
 DEFAULT_LEVEL = "extended"
 
 
+# What a user of the CPU int8 form needs to know when loading it (measured, issue 10): nothing is
+# required beyond a plain InferenceSession; spinning threads are what collapses on a loaded host.
+_INT8_SESSION = {
+    "required": "none: onnxruntime.InferenceSession(path) with intra_op_num_threads set to the cores to use",
+    "shared_host": "with more runnable threads than cores, add session config session.intra_op.allow_spinning=0 "
+                   "(ORT's spinning pool otherwise loses several times its speed)",
+}
+
+
 @dataclass(frozen=True)
 class OrtOptimization:
     """What an offline optimization did: the fusions that fired and the fused ops in the result."""
@@ -135,6 +144,7 @@ def export_onnx_ort(
         "fusions": result.fusions,
         "fused_ops": result.contrib_ops,
         "fusions_rolled_back": rolled_back,
+        **({"session_options": _INT8_SESSION} if result.fusions.get("DynamicQuantizeMatMul") or result.fusions.get("MatMulIntegerToFloat") else {}),
         **stored_details(destination, ir.load(destination)),
         "onnxruntime": ort.__version__,
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.export import ExportedProgram
 
+import fxbench.passes._quantize  # noqa: F401 - the quantize ops a saved program may call must exist before it loads
 from fxbench.errors import ModelLoadError, one_line
 from fxbench.exporters.storage import ensure_space, guarded_file, program_bytes
 

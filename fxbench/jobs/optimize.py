@@ -25,7 +25,7 @@ from fxbench.models import (CapturedProgram, DynamicDims, GraphFault, LoadedMode
                             failing_node, run_module)
 from fxbench.numerics import Parity, compare
 from fxbench.passes import FxbenchPass, PipelineResult, build_passes, op_histogram, run_pipeline
-from fxbench.passes.pipelines import effective_pipeline, search_space
+from fxbench.passes.pipelines import PIPELINES, effective_pipeline, search_space
 from fxbench.reports.files import write_optimize_reports
 from fxbench.reports.records import BestArtifact, CaptureRecord, OpHistogram, OptimizeReport, ParitySummary, PipelineRecord
 from fxbench.runtime.backends import Backend, folder_backends
@@ -71,7 +71,10 @@ class OptimizeRequest:
     threads: int | None = None
     min_cosine: float = 0.99  # the accuracy budget the best artifact must meet (worst output vs eager fp32)
     max_abs_error: float = math.inf
-    search: bool = False  # try the presets that fit the device and keep the fastest within the budget
+    # Try the presets that fit the device and keep the fastest within the budget. None: on a CPU
+    # when neither a pipeline nor passes are named and the benchmark runs (the plain `fxbench
+    # optimize MODEL` ends with its fastest artifact: int8 there), else not.
+    search: bool | None = None
 
 
 @dataclass
@@ -287,6 +290,12 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
     return cand
 
 
+def _searching(request: OptimizeRequest, device: str) -> bool:
+    if request.search is not None:
+        return request.search
+    return request.pipeline is None and not request.passes and request.bench and device == "cpu"
+
+
 def _validate(request: OptimizeRequest) -> None:
     """The options that can be checked without the model, so that a typo costs no loading."""
     if request.batch < 1:
@@ -323,6 +332,7 @@ class _Plan:
     pipelines: list[tuple[str | None, list[FxbenchPass]]]
     targets: tuple[str, ...]
     options: ExportOptions | None
+    search: bool
 
 
 def _with_dtype(pipeline: str | None, passes: list[FxbenchPass], request: OptimizeRequest) -> list[FxbenchPass]:
@@ -342,11 +352,12 @@ def _plan(request: OptimizeRequest, source: str) -> _Plan:
     out_dir = Path(request.output) if request.output else default_output_dir(source)
     device = _device(request)
     require_device(device)
+    request = dataclasses.replace(request, search=_searching(request, device))
     names = list(search_space(device)) if request.search else [effective_pipeline(request.pipeline, request.passes)]
     pipelines = [(name, _with_dtype(name, build_passes(name, request.passes), request)) for name in names]
     targets, options = _plan_targets(request, device)
     check_output_dir(out_dir, request.force)
-    return _Plan(out_dir, device, pipelines, targets, options)
+    return _Plan(out_dir, device, pipelines, targets, options, bool(request.search))
 
 
 def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeResult:
@@ -381,19 +392,23 @@ def optimize_captured(captured: CapturedProgram, request: OptimizeRequest, event
 def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, events: EventFn,
               timings: dict[str, float]) -> OptimizeResult:
     started = _dt.datetime.now(_dt.timezone.utc)
+    request = dataclasses.replace(request, search=plan.search)
     with staged_directory(plan.out_dir, request.force) as staging:
         candidates: list[Candidate] = []
         for k, (name, passes) in enumerate(plan.pipelines):
             folder = candidate_folder(staging, name) if request.search else staging
             folder.mkdir(parents=True, exist_ok=True)
             prefix = f"{name}: " if request.search else ""
+            targets = plan.targets
+            if request.targets is None and name in PIPELINES and PIPELINES[name].targets:
+                targets = tuple(t for t in targets if t in PIPELINES[name].targets)  # what the preset is for, unless targets are named
             try:
                 if request.search:
                     with step(events, f"candidate {name}", {}, place=count(k + 1, len(plan.pipelines))) as d:
-                        cand = _candidate(captured, name, passes, request, plan.targets, plan.options, plan.device, folder, events, prefix)
+                        cand = _candidate(captured, name, passes, request, targets, plan.options, plan.device, folder, events, prefix)
                         d["detail"] = f"{len(cand.artifacts)} artifacts"
                 else:
-                    cand = _candidate(captured, name, passes, request, plan.targets, plan.options, plan.device, folder, events, prefix)
+                    cand = _candidate(captured, name, passes, request, targets, plan.options, plan.device, folder, events, prefix)
                 candidates.append(cand)
             except OutputWriteError:
                 raise  # the disk, not the candidate: the search stops

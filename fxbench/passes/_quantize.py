@@ -34,6 +34,8 @@ __all__ = [
     "group_by_input",
     "InputQuantizer",
     "LinearSite",
+    "dequantize_rows",
+    "quantize_rows",
     "quantize_sites",
     "quantize_weight",
     "QuantizeOptions",
@@ -47,6 +49,32 @@ aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 SKIP_KEYWORDS = ("first", "last", "head")
+
+
+# Run-time row quantization with a per-row scale and one zero point for every row: uint8 codes of
+# the last axis. quantized_decomposed has no such op (its per-token ops take a zero point per row,
+# which ONNX Runtime's integer GEMMs cannot), so fxbench defines the pair; the ONNX exporter
+# writes them as QuantizeLinear / DequantizeLinear blocked along the last axis (opset 21).
+@torch.library.custom_op("fxbench::quantize_rows", mutates_args=())
+def quantize_rows(x: torch.Tensor, scale: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """uint8 codes of x: round(x / scale) + zero_point, saturated to [0, 255]; scale is [..., 1]."""
+    return torch.clamp(torch.round(x / scale) + zero_point, 0, 255).to(torch.uint8)
+
+
+@quantize_rows.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, zero_point: int) -> torch.Tensor:
+    return torch.empty_like(x, dtype=torch.uint8)
+
+
+@torch.library.custom_op("fxbench::dequantize_rows", mutates_args=())
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """fp32 values of uint8 row codes: (q - zero_point) * scale."""
+    return (q.to(torch.float32) - zero_point) * scale
+
+
+@dequantize_rows.register_fake
+def _(q: torch.Tensor, scale: torch.Tensor, zero_point: int) -> torch.Tensor:
+    return torch.empty_like(q, dtype=torch.float32)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ class Pipeline:
     summary: str
     passes: tuple[str, ...]  # pass specs: "name" or "name:option=value,..."
     device: str = "any"  # "any", "cpu" or "cuda": where its artifacts are meant to run
+    # The export targets worth making when none are named (empty: all that fit the device).
+    targets: tuple[str, ...] = ()
 
 
 # Order matters, and is the same in every preset:
@@ -49,8 +51,16 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
                    "(q/k/v stay separate linears: ONNX Runtime fuses them into its Attention kernel)", _preset(*_FUSIONS)),
     Pipeline("O3", f"O2 + q/k/v and gate/up merged + fp16 {_LOW}", _preset(*_MERGED, "to-fp16"), device="cuda"),
     Pipeline("bf16", f"O2 + q/k/v and gate/up merged + bf16 {_LOW}", _preset(*_MERGED, "to-bf16"), device="cuda"),
-    Pipeline("int8-cpu", "O2 + static int8 linears (calibrated per-tensor uint8 activations, per-channel int8 weights), "
-                         "for ONNX Runtime's CPU int8 kernels", _preset(*_FUSIONS, "quantize-int8-static"), device="cpu"),
+    # Run-time activation scales (nothing to calibrate) beat calibrated ones on ORT's CPU kernels:
+    # the onnx-ort target puts them on DynamicQuantizeMatMul / MatMulIntegerToFloat (issue 10).
+    Pipeline("int8-cpu", "O2 + dynamic int8 linears (per-channel int8 weights, uint8 activations quantized per tensor at run "
+                         "time, GELU outputs per row), for ONNX Runtime's CPU int8 kernels",
+             _preset(*_FUSIONS, "quantize-int8-dynamic:granularity=tensor"), device="cpu",
+             # Its speed is ORT's integer kernels; in AOTInductor the run-time Q/DQ stay elementwise
+             # code (slower than fp32) and the compile costs minutes: not made unless asked for.
+             targets=("onnx", "onnx-ort")),
+    Pipeline("int8-cpu-static", "O2 + static int8 linears (calibrated per-tensor uint8 activations, per-channel int8 weights)",
+             _preset(*_FUSIONS, "quantize-int8-static")),
     Pipeline("int8-gpu", "O2 + q/k/v merged + static int8 linears with symmetric int8 activations (TensorRT's Q/DQ form)",
              _preset(*_MERGED, "quantize-int8-static:activation_dtype=int8"), device="cuda"),
     Pipeline("fp8", "O2 + q/k/v merged + float8 e4m3 weights and activations, for Hopper-class GPUs",
@@ -62,7 +72,8 @@ DEFAULT_PIPELINE = "O2"
 
 
 def search_space(device: str) -> tuple[str, ...]:
-    """The presets `fxbench optimize --search` tries on `device`: O2 (exact) and those built for it."""
+    """The presets `fxbench optimize --search` tries on `device` (and a plain `fxbench optimize` on
+    a CPU): O2 (exact) and those built for it."""
     return (DEFAULT_PIPELINE, *(p.name for p in PIPELINES.values() if p.device == device))
 
 

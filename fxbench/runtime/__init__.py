@@ -1,7 +1,9 @@
 """Measurement: one session per backend behind one interface, the harness, agreement metrics, and
 `bench` over what it is handed. It loads no models and renders nothing (fxbench.jobs and fxbench.reports do)."""
 
-from fxbench.runtime.backends import BACKENDS, Backend, BackendSpec, create_session, default_backends, folder_backends, parse_backends
+from fxbench.runtime.backends import (
+    BACKENDS, Backend, BackendSpec, create_session, default_backends, folder_backends, parse_backends, register_backend,
+)
 from fxbench.runtime.bench import (
     BackendRecord,
     BenchResult,
@@ -40,5 +42,6 @@ __all__ = [
     "folder_backends",
     "parse_backends",
     "parse_image_sizes",
+    "register_backend",
     "shapes_from",
 ]

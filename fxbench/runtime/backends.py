@@ -30,6 +30,7 @@ __all__ = [
     "folder_backends",
     "parse_backends",
     "unique_labels",
+    "register_backend",
 ]
 
 
@@ -116,6 +117,15 @@ BACKENDS: dict[str, BackendSpec] = {
                     needs_artifact=True, default_files=_files_of("tensorrt", ("cuda",))),
     )
 }
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add a backend name (a benchmark's peer stack, a plugin's runtime); its sessions implement
+    `Session`, so the harness times and checks them beside fxbench's own, in the same rounds."""
+    if spec.name in BACKENDS:
+        raise ValueError(f"backend {spec.name!r} is already registered")
+    BACKENDS[spec.name] = spec
+    return spec
+
 
 # Which backends run an artifact kind, per device, when a whole output folder is benchmarked.
 _RUNNERS = {
