@@ -144,10 +144,15 @@ def optimize(
     min_cosine: Annotated[float, typer.Option("--min-cosine", help="Accuracy budget of the best artifact: worst output cosine against eager fp32.")] = 0.99,
     max_abs_error: Annotated[float, typer.Option("--max-abs-error", help="Accuracy budget: largest absolute error against eager fp32.")] = float("inf"),
     search: Annotated[bool, typer.Option("--search", help="Try the presets that fit --device; keep the fastest within the budget.")] = False,
+    generate: Annotated[bool, typer.Option("--generate", help="A causal LM for generation: capture it with its KV cache (--task text-generation-with-past) and bench by greedy generation.")] = False,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="With-past models: new tokens per generation in the benchmark (--bench-seq is the prompt length).")] = 32,
+    min_token_agreement: Annotated[float, typer.Option("--min-token-agreement", help="With-past models: accuracy budget of the best artifact, teacher-forced token agreement with eager generate().")] = 0.9,
     json_out: JsonOpt = False,
 ) -> None:
     """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time
-    them against eager PyTorch and write DIR/model.pt2, the artifacts and report.json/.md/.html."""
+    them against eager PyTorch and write DIR/model.pt2, the artifacts and report.json/.md/.html.
+    With --generate (or --task text-generation-with-past) the capture takes and returns the KV
+    cache, and the artifacts are timed by greedy generation against eager generate()."""
     from fxbench.jobs import OptimizeRequest, default_device
     from fxbench.jobs import optimize as run_optimize
     from fxbench.models import DynamicDims
@@ -165,7 +170,7 @@ def optimize(
             export=_export_options(opset, shapes, device or default_device()),
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch, "bench-batch") for s in seqs),
             measure=Measure(seconds=bench_time, rounds=bench_rounds), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
-            search=search,
+            search=search, generate=generate, new_tokens=new_tokens, min_token_agreement=min_token_agreement,
         )
         result = run_optimize(request, events=progress)
     _finish(result, json_out, lambda: print_optimize(out, result.report, result.output_dir))
@@ -254,9 +259,14 @@ def bench(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder for report.json, report.md, report.html (default: DIR/bench for a folder, fxbench-out/<model>-bench).")] = None,
     task: TaskOpt = None,
     list_backends: Annotated[bool, typer.Option("--list", help="List the backend names and exit.")] = False,
+    generate: Annotated[bool, typer.Option("--generate", help="Greedy generation instead of one forward: prefill, then one token at a time with the KV cache fed back, every backend through one loop, against eager generate() and torch.compile with a static cache.")] = False,
+    prompt_len: Annotated[str, typer.Option("--prompt-len", help="--generate: prompt lengths, comma-separated.")] = "128",
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="--generate: new tokens per generation.")] = 64,
     json_out: JsonOpt = False,
 ) -> None:
-    """Benchmark backends on the same inputs over a batch x sequence sweep, checked against eager fp32."""
+    """Benchmark backends on the same inputs over a batch x sequence sweep, checked against eager fp32.
+    With --generate: greedy generation (time to first token, time per output token, tokens/s, peak
+    memory, token parity) over a batch x prompt-length sweep."""
     from fxbench.jobs import default_report_dir, run_benchmark
     from fxbench.reports.files import write_reports
     from fxbench.reports.terminal import backends_table, render_table
@@ -264,6 +274,9 @@ def bench(
 
     if list_backends:
         out.print(backends_table(list(BACKENDS.values())))
+        return
+    if generate:
+        _bench_generate(model, backends, batch, prompt_len, new_tokens, rounds, threads, output, json_out)
         return
     with _steps() as progress:
         if iters is not None and seconds is not None:
@@ -281,6 +294,31 @@ def bench(
     else:
         out.print(render_table(result))
         out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md, report.html")
+    failed = result.failures()
+    if failed:
+        err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
+        raise typer.Exit(1)
+
+
+def _bench_generate(model: str | None, backends: list[str] | None, batch: str, prompt_len: str, new_tokens: int, rounds: int,
+                    threads: int | None, output: Path | None, json_out: bool) -> None:
+    """`fxbench bench --generate`: the generation benchmark, its table and report.json / report.md."""
+    from fxbench.jobs.generate import default_generation_dir, run_generation_benchmark
+    from fxbench.reports.generation import render_generation_table, write_generation_reports
+    from fxbench.runtime.generation import GenerationSettings
+
+    with _steps() as progress:
+        names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
+        # Interleaved rounds are what make ratios hold here: at least 3.
+        settings = GenerationSettings(batches=tuple(_int_list(batch, "batch")), prompt_lengths=tuple(_int_list(prompt_len, "prompt-len")),
+                                      new_tokens=new_tokens, rounds=max(3, rounds), threads=threads)
+        result = run_generation_benchmark(model, names, settings, events=progress, command=sys.argv)
+        paths = write_generation_reports(result, output or default_generation_dir(model, result))
+    if json_out:
+        _json(result)
+    else:
+        out.print(render_generation_table(result))
+        out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md")
     failed = result.failures()
     if failed:
         err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")

@@ -11,13 +11,12 @@ from fxbench.exporters.aoti import require_aoti
 from fxbench.exporters.checks import ExportSubject
 from fxbench.exporters.onnx_past import (
     TOTAL_AXIS,
-    PastOnnxRunner,
     decoder_checks,
     export_onnx_ort_with_past,
     export_onnx_with_past,
 )
 from fxbench.models.decoder import eager_with_cache
-from fxbench.models.generation import capture_steps, greedy_generate, stop_tokens
+from fxbench.runtime.generation import OrtStep, TorchStep, capture_steps, greedy_generate, stop_tokens
 from fxbench.numerics import Tolerance, compare
 from fxbench.passes.quantize_int8_weight_only import QuantizeInt8WeightOnly
 from fxbench.passes.runner import run_pipeline
@@ -37,7 +36,7 @@ def _eager_generate(cap, ids, mask, **kwargs) -> torch.Tensor:
 def _generate(cap, step, ids, mask, **kwargs):
     eos, pad = stop_tokens(cap.loaded.model.generation_config)
     kwargs = {"eos_token_ids": eos, "pad_token_id": pad, **kwargs}
-    return greedy_generate(step, cap.layout, cap.eager.token_names, ids, mask, max_new_tokens=NEW_TOKENS, **kwargs)
+    return greedy_generate(step, ids, mask, max_new_tokens=NEW_TOKENS, **kwargs)
 
 
 def test_generation_stops_at_eos_and_pads_as_generate_does():
@@ -101,8 +100,8 @@ def test_onnx_with_past_names_axes_ort_parity_fusions_and_greedy_tokens(family, 
     ids, mask = prompts()
     expected = _eager_generate(cap, ids, mask)
     for artifact in (plain, fused):
-        runner = PastOnnxRunner(tmp_path / artifact.file, ["CPUExecutionProvider"])
-        assert torch.equal(_generate(cap, runner, ids, mask).tokens, expected), artifact.file
+        step = OrtStep(tmp_path / artifact.file, cap.layout, cap.eager.token_names)
+        assert torch.equal(_generate(cap, step, ids, mask).tokens, expected), artifact.file
 
 
 def test_int8_weight_only_runs_on_the_cache_graph():
@@ -134,11 +133,9 @@ def test_aoti_package_of_the_program_runs_prefill_and_decode(tmp_path):
     torch._inductor.aoti_compile_and_package(cap.exported, package_path=str(path))
     runner = torch._inductor.aoti_load_package(str(path))
 
-    def step(feeds):
-        return runner(**feeds)
-
+    step = TorchStep(runner, cap.layout, cap.eager.token_names)
     inputs = cap.step_inputs(3, 1, 9, seed=4)
-    got = step(inputs)
+    got = runner(**inputs)
     ref = eager_with_cache(cap.loaded.model, cap.layout, inputs)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     ids, mask = prompts()

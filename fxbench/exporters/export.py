@@ -38,6 +38,9 @@ class ExportOptions:
     timing_cache: Path | None = None
     check_batch: int = 3
     check_seq: int = 40
+    # onnx-ort's MatMulNBits (int4 weights): None is ORT's default, 4 (int8 activations in the
+    # kernel); 0 keeps activations fp32.
+    nbits_accuracy_level: int | None = None
 
     def __post_init__(self) -> None:
         validate_opset(self.opset)
@@ -50,6 +53,8 @@ class ExportOptions:
             raise ExportError(f"unknown precision {self.tensorrt_precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.check_batch < 1 or self.check_seq < 1:
             raise ExportError("the check shape must be positive")
+        if self.nbits_accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise ExportError(f"MatMulNBits accuracy level {self.nbits_accuracy_level} is not one of 0-4")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 
 import fxbench
-from fxbench.errors import ModelLoadError
+from fxbench.errors import CaptureError, ModelLoadError
 from fxbench.events import EventFn, no_events, step
 from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, load_model
+from fxbench.models.decoder import DecoderCapture, DecoderDims, capture_with_past, load_for_generation
+from fxbench.models.tasks import WITH_PAST_TASK
 from fxbench.passes import PassContext
 from fxbench.reports.records import ModelRecord, ReportHeader
 
@@ -22,7 +24,9 @@ __all__ = [
     "default_device",
     "default_output_dir",
     "dims_record",
+    "decoder_dims",
     "export_plan",
+    "generation_task",
     "load_and_capture",
     "model_record",
     "pass_context",
@@ -78,11 +82,48 @@ def default_output_dir(source: str) -> Path:
     return Path("fxbench-out") / (Path(source.rstrip("/")).name or "model")
 
 
+def generation_task(task: str | None, generate: bool) -> str | None:
+    """The task to load: with `generate` (the user asks for generation), a causal LM's with-past
+    task; a task that is no causal LM's is refused in one line, before anything loads."""
+    if not generate or task == WITH_PAST_TASK:
+        return task
+    if task not in (None, "text-generation"):
+        raise ModelLoadError(f"--generate captures a causal LM with its KV cache; --task {task} is not one (drop --task or use text-generation)")
+    return WITH_PAST_TASK
+
+
+def decoder_dims(dims: DynamicDims) -> DecoderDims:
+    """The with-past ranges from the command's: its batch range, and new tokens from 1 (a decode
+    step) up to its sequence maximum; the past from 0 up to the model's positions."""
+    if dims.static:
+        raise CaptureError(f"--static does not apply to {WITH_PAST_TASK}: the past grows with every token, so its length stays dynamic")
+    return DecoderDims(batch=dims.batch, seq=(1, dims.seq[1]))
+
+
+def _load_and_capture_with_past(source: str, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
+                                events: EventFn, timings: dict[str, float]) -> DecoderCapture:
+    decoder = decoder_dims(dims)
+    with step(events, "load", timings) as d:
+        loaded = load_for_generation(source, attn_implementation=attn_implementation)
+        d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
+    with step(events, "capture", timings) as d:
+        # The sample avoids 0 and 1 on every axis (torch.export specializes them): seq new tokens after seq // 2 cached.
+        captured = capture_with_past(loaded, batch=max(2, batch), seq=max(2, seq), past=max(2, seq // 2), dims=decoder)
+        layout = captured.layout
+        d["detail"] = (f"{len(captured.exported.graph.nodes)} nodes, with past: {layout.num_layers} layers x "
+                       f"{layout.kv_heads[0]} kv heads x {layout.head_dims[0]}, past 0 and up")
+    return captured
+
+
 def load_and_capture(
     source: str, *, task: str | None, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
     events: EventFn = no_events, timings: dict[str, float] | None = None,
 ) -> CapturedProgram:
+    """Load `source` for `task` and capture it; the with-past task captures the KV cache as
+    inputs and outputs (fxbench.models.decoder)."""
     timings = timings if timings is not None else {}
+    if task == WITH_PAST_TASK:
+        return _load_and_capture_with_past(source, batch, seq, dims, attn_implementation, events, timings)
     with step(events, "load", timings) as d:
         loaded: LoadedModel = load_model(source, task, attn_implementation=attn_implementation)
         d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"

@@ -15,8 +15,9 @@ from fxbench.errors import BenchOptionError, FxbenchError, VerificationError
 from fxbench.events import EventFn, no_events, prefixed, step
 from fxbench.exporters import PROGRAM_FILE, Artifact, load_program, save_program
 from fxbench.jobs.bench import run_benchmark
-from fxbench.jobs.common import default_device, default_output_dir, export_plan, load_and_capture, pass_context, raise_for_failures
-from fxbench.jobs.common import report_header, resolve_model_source
+from fxbench.jobs.common import default_device, default_output_dir, export_plan, generation_task, load_and_capture, model_record
+from fxbench.jobs.common import pass_context, raise_for_failures, report_header, resolve_model_source
+from fxbench.jobs.generate import generation_backends
 from fxbench.jobs.folders import check_output_dir, staged_directory
 from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner
 from fxbench.models import CapturedProgram, DynamicDims, export_graph_module, run_module
@@ -27,7 +28,9 @@ from fxbench.reports.files import write_optimize_reports
 from fxbench.reports.records import BestArtifact, CaptureRecord, OpHistogram, OptimizeReport, ParitySummary, PipelineRecord
 from fxbench.runtime.backends import folder_backends
 from fxbench.runtime.bench import BenchResult, Choice, Shape, best_artifact
+from fxbench.runtime.generation import GenerationResult, GenerationSettings, GenerationSubject, best_generation, measure_generation
 from fxbench.runtime.harness import Measure, Warmup
+from fxbench.models.decoder import DecoderCapture
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure, ExportOptions, ExportOutcome
@@ -61,6 +64,11 @@ class OptimizeRequest:
     min_cosine: float = 0.99  # the accuracy budget the best artifact must meet (worst output vs eager fp32)
     max_abs_error: float = math.inf
     search: bool = False  # try the presets that fit the device and keep the fastest within the budget
+    # Generation: `generate` captures a causal LM with its KV cache (the with-past task); a with-past
+    # capture is benchmarked by greedy generation, bench_shapes as (batch, prompt length), this many new tokens.
+    generate: bool = False
+    new_tokens: int = 32
+    min_token_agreement: float = 0.9  # the accuracy budget's token agreement (teacher forced) for a generation benchmark
 
 
 @dataclass
@@ -74,6 +82,7 @@ class OptimizeResult:
     bench: BenchResult | None = None
     best: Choice | None = None
     candidates: list[Candidate] = field(default_factory=list)
+    generation: GenerationResult | None = None
 
     @property
     def report_json(self) -> dict[str, Any]:
@@ -155,6 +164,34 @@ def _export_targets(program: Any, captured: CapturedProgram, result: PipelineRes
     return export_artifacts(subject, targets, folder, options, events)
 
 
+def _generation_settings(request: OptimizeRequest) -> GenerationSettings:
+    return GenerationSettings(batches=tuple(dict.fromkeys(b for b, _ in request.bench_shapes)),
+                              prompt_lengths=tuple(dict.fromkeys(s or 128 for _, s in request.bench_shapes)),
+                              new_tokens=request.new_tokens, rounds=max(3, request.measure.rounds), threads=request.threads)
+
+
+def _bench_generation(captured: DecoderCapture, folder: Path, artifacts: list[Artifact], request: OptimizeRequest,
+                      events: EventFn, timings: dict[str, float], prefix: str) -> tuple[GenerationResult, Choice | None]:
+    """A with-past capture's artifacts timed by greedy generation against eager generate(); the
+    best is the artifact of fxbench's with the lowest time per output token within the budget."""
+    entries = generation_backends(None, folder, artifacts)
+    own = {str(folder / a.file) for a in artifacts if a.kind not in _BASELINE_KINDS}
+    among = [e.label for e in entries if not isinstance(e, str) and e.artifact is not None and str(e.artifact) in own]
+    with step(events, f"{prefix}bench", timings) as d:
+        result = measure_generation(GenerationSubject.from_capture(captured), entries, _generation_settings(request),
+                                    model=model_record(captured.loaded).to_dict(), source={"kind": "optimize"},
+                                    events=prefixed(events, prefix), command=sys.argv)
+        best = best_generation(result, request.min_cosine, request.min_token_agreement, among=among)
+        d["detail"] = (f"best {best.backend}: {best.tpot_ms:.2f} ms per output token" + (f", {best.speedup:.2f}x eager generate()" if best.speedup else "")
+                       if best else "no artifact meets the accuracy budget")
+    choice = None
+    if best is not None:
+        name = next(e.name for e in entries if not isinstance(e, str) and e.label == best.backend)
+        # The record optimize keeps for its best artifact; for generation, its median is the time per output token.
+        choice = Choice(best.backend, name, best.artifact, best.tpot_ms, best.speedup, best.worst_cosine, 0.0, best.shapes)
+    return result, choice
+
+
 def _bench(captured: CapturedProgram, folder: Path, artifacts: list[Artifact], request: OptimizeRequest, device: str,
            shapes: list[Shape], events: EventFn, timings: dict[str, float], prefix: str) -> tuple[BenchResult, Choice | None]:
     backends = folder_backends(folder, artifacts, device)
@@ -180,7 +217,9 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
     made = _export_targets(program, captured, cand.result, targets, options, folder, events)
     cand.artifacts = [program_artifact, *made.artifacts]
     cand.failures = made.failures
-    if request.bench:
+    if request.bench and isinstance(captured, DecoderCapture):
+        cand.generation, cand.best = _bench_generation(captured, folder, cand.artifacts, request, events, cand.timings, prefix)
+    elif request.bench:
         cand.bench, cand.best = _bench(captured, folder, cand.artifacts, request, device, _bench_shapes(request, captured),
                                        events, cand.timings, prefix)
     return cand
@@ -193,6 +232,10 @@ def _validate(request: OptimizeRequest) -> None:
         raise BenchOptionError("--search picks the fastest candidate, so it needs the benchmark; drop --no-bench")
     if not 0.0 <= request.min_cosine <= 1.0:
         raise BenchOptionError(f"--min-cosine must be between 0 and 1, not {request.min_cosine}")
+    if request.new_tokens < 2:
+        raise BenchOptionError(f"--new-tokens must be at least 2, not {request.new_tokens}")
+    if not 0.0 <= request.min_token_agreement <= 1.0:
+        raise BenchOptionError(f"--min-token-agreement must be between 0 and 1, not {request.min_token_agreement}")
     if not request.max_abs_error > 0:
         raise BenchOptionError(f"--max-abs-error must be positive, not {request.max_abs_error}")
     for batch, seq in request.bench_shapes:
@@ -228,10 +271,11 @@ def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeR
     PyTorch; name the fastest within the accuracy budget; write report.json / .md / .html.
     The output folder appears only when everything succeeded."""
     source = resolve_model_source(request.model)
+    task = generation_task(request.task, request.generate)
     plan = _plan(request, source)
     timings: dict[str, float] = {}
     captured = load_and_capture(
-        source, task=request.task, batch=request.batch, seq=request.seq, dims=request.dims,
+        source, task=task, batch=request.batch, seq=request.seq, dims=request.dims,
         attn_implementation=request.attn_implementation, events=events, timings=timings,
     )
     return _optimize(captured, request, plan, events, timings)
@@ -267,7 +311,8 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
         report = _report(request, captured, winner, candidates, plan.device, started, timings)
         write_optimize_reports(report, staging)
     assert winner.result is not None
-    return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, winner.bench, winner.best, candidates)
+    return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, winner.bench, winner.best, candidates,
+                          winner.generation)
 
 
 def _plan_targets(request: OptimizeRequest, device: str) -> tuple[tuple[str, ...], ExportOptions | None]:
@@ -285,6 +330,11 @@ def _file_names(bench: BenchResult) -> BenchResult:
     renamed into place afterwards, and a report must not name a machine's temp paths."""
     backends = tuple(dataclasses.replace(b, artifact=Path(b.artifact).name) if b.artifact else b for b in bench.backends)
     return dataclasses.replace(bench, backends=backends)
+
+
+def _generation_file_names(result: GenerationResult) -> GenerationResult:
+    backends = tuple(dataclasses.replace(b, artifact=Path(b.artifact).name) if b.artifact else b for b in result.backends)
+    return dataclasses.replace(result, backends=backends)
 
 
 def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candidate, candidates: list[Candidate], device: str,
@@ -305,6 +355,7 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
         artifacts=tuple(winner.artifacts),
         export_failures=tuple(winner.failures),
         benchmark=_file_names(winner.bench) if winner.bench else None,
+        generation=_generation_file_names(winner.generation) if winner.generation else None,
         best=BestArtifact(file_named(winner.best), request.min_cosine, request.max_abs_error) if winner.best else None,
         environment=collect_environment(sys.argv),
         seconds=dict(timings),

@@ -15,6 +15,7 @@ from fxbench.exporters import Artifact
 from fxbench.passes import PipelineResult
 from fxbench.reports.records import SearchCandidate
 from fxbench.runtime.bench import BenchResult, Choice
+from fxbench.runtime.generation import GenerationResult
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure
@@ -38,6 +39,7 @@ class Candidate:
     failures: tuple[ExportFailure, ...] = ()
     bench: BenchResult | None = None
     best: Choice | None = None
+    generation: GenerationResult | None = None  # a with-past capture's benchmark, by greedy generation
     error: str | None = None  # the candidate failed as a whole (search goes on with the others)
     timings: dict[str, float] = field(default_factory=dict)
 

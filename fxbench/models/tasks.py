@@ -9,7 +9,11 @@ from transformers.models.auto import modeling_auto
 
 from fxbench.errors import ModelLoadError
 
-__all__ = ["TaskInfo", "TASKS", "infer_task", "auto_class_for"]
+__all__ = ["TaskInfo", "TASKS", "WITH_PAST_TASK", "infer_task", "auto_class_for"]
+
+# Optimum's task name for a causal LM exported with its KV cache as inputs and outputs
+# (fxbench.models.decoder captures it). Never inferred: a user asks for it (--task, --generate).
+WITH_PAST_TASK = "text-generation-with-past"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ TASKS: dict[str, TaskInfo] = {
     t.name: t
     for t in (
         TaskInfo("text-generation", "causal language model logits", (("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),)),
+        TaskInfo(WITH_PAST_TASK, "causal language model with its KV cache: logits and present keys/values, for prefill and decode",
+                 (("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),)),
         TaskInfo("text2text-generation", "encoder-decoder language model logits", (("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),)),
         TaskInfo("fill-mask", "masked language model logits", (("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),)),
         TaskInfo("text-classification", "sequence classification logits", (("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),)),

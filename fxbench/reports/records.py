@@ -13,6 +13,7 @@ from fxbench.exporters import Artifact
 from fxbench.numerics import Parity, Tolerance
 from fxbench.passes import PassRecord
 from fxbench.runtime.bench import BenchResult, Choice
+from fxbench.runtime.generation import GenerationResult
 
 if TYPE_CHECKING:  # the exporters' target table loads onnx: its records are only read here
     from fxbench.exporters.export import ExportFailure
@@ -158,6 +159,7 @@ class OptimizeReport(_Record):
     environment: Mapping[str, Any]
     seconds: Mapping[str, float]
     search: tuple[SearchCandidate, ...] | None = None  # with --search only
+    generation: GenerationResult | None = None  # a with-past capture's benchmark (greedy generation), instead of `benchmark`
 
     @property
     def model(self) -> ModelRecord:
@@ -173,6 +175,8 @@ class OptimizeReport(_Record):
         data = {**data.pop("header"), **data}  # the header's keys open the report
         if self.search is None:
             del data["search"]
+        if self.generation is None:
+            del data["generation"]
         return data
 
 

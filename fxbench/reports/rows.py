@@ -216,12 +216,14 @@ def summary_lines(report: OptimizeReport) -> list[str]:
     ]
     if report.best:
         best = report.best.choice
-        speed = f", {best.speedup:.2f}x eager fp32" if best.speedup else ""
+        generation = report.generation is not None
+        speed = f", {best.speedup:.2f}x eager {'generate()' if generation else 'fp32'}" if best.speedup else ""
+        what = "ms per output token (median)" if generation else "ms median"
         lines.append(
-            f"best artifact: {best.backend} ({best.artifact}): {best.median_ms:.2f} ms median{speed}, "
-            f"worst cosine {best.worst_cosine:.6f} (budget: cosine >= {report.best.min_cosine})"
+            f"best artifact: {best.backend} ({best.artifact}): {best.median_ms:.2f} {what}{speed}, "
+            f"worst {'logits ' if generation else ''}cosine {best.worst_cosine:.6f} (budget: cosine >= {report.best.min_cosine})"
         )
-    elif report.benchmark is not None:
+    elif report.benchmark is not None or report.generation is not None:
         lines.append("best artifact: none meets the accuracy budget")
     return lines
 

@@ -122,6 +122,10 @@ def print_optimize(console: Console, report: OptimizeReport, output_dir: Path) -
         console.print(artifact_table(report.artifacts))
     if report.benchmark is not None:
         console.print(render_table(report.benchmark))
+    if report.generation is not None:
+        from fxbench.reports.generation import render_generation_table
+
+        console.print(render_generation_table(report.generation))
     if report.search:
         console.print(search_table(report))
     for line in rows.summary_lines(report)[3:]:  # model, pipeline and device were on the step lines
