@@ -13,6 +13,7 @@ from fxbench.runtime.generation import (
     GenerationSettings,
     GenerationSubject,
     TorchStep,
+    _parity,
     best_generation,
     capture_steps,
     check_generation_labels,
@@ -85,8 +86,19 @@ def test_a_step_that_changes_the_logits_fails_fp32_parity():
     subject = GenerationSubject(cap.loaded, cap.eager, cap.exported)
     step = TorchStep(Shifted(cap.eager), cap.layout, cap.eager.token_names)
     ids, mask = prompts(left_padded=False)
-    ref = greedy_generate(capture_steps(cap)["eager"], ids, mask, max_new_tokens=4)
-    assert not torch.equal(greedy_generate(step, ids, mask, max_new_tokens=4).tokens, ref.tokens)
+    ref = greedy_generate(capture_steps(cap)["eager"], ids, mask, max_new_tokens=4, keep_logits=True)
+    free = greedy_generate(step, ids, mask, max_new_tokens=4, keep_logits=True)
+    assert not torch.equal(free.tokens, ref.tokens)
+    forced = greedy_generate(step, ids, mask, max_new_tokens=4, keep_logits=True, forced=ref.new_tokens)
+    parity = _parity("fp32", free, forced, ref)
+    assert not parity.passed and "greedy tokens differ" in parity.reason and "logits cosine" in parity.reason
+    assert parity.forced_agreement < 1.0
+    # The same shifted logits at int4: no token rule, but the cosine budget still fails them.
+    assert not _parity("int4", free, forced, ref).passed
+    # The unshifted step passes at fp32.
+    same = greedy_generate(capture_steps(cap)["program"], ids, mask, max_new_tokens=4, keep_logits=True)
+    same_forced = greedy_generate(capture_steps(cap)["program"], ids, mask, max_new_tokens=4, keep_logits=True, forced=ref.new_tokens)
+    assert _parity("fp32", same, same_forced, ref).passed
     assert subject.vocab_size == 512
 
 
