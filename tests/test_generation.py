@@ -141,4 +141,10 @@ def test_aoti_package_of_the_program_runs_prefill_and_decode(tmp_path):
     ref = eager_with_cache(cap.loaded.model, cap.layout, inputs)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     ids, mask = prompts()
-    assert torch.equal(_generate(cap, step, ids, mask).tokens, _eager_generate(cap, ids, mask))
+    free = _generate(cap, step, ids, mask, keep_logits=True)
+    assert torch.equal(free.tokens, _eager_generate(cap, ids, mask))
+    # Teacher forced with its own tokens (each fed as a column of a [batch, new] tensor, a strided
+    # view): the runner reads its inputs at the compiled strides, so the loop must feed contiguous ones.
+    forced = greedy_generate(step, ids, mask, max_new_tokens=NEW_TOKENS, keep_logits=True, forced=free.new_tokens)
+    assert torch.equal(forced.tokens, free.tokens)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(forced.logits, free.logits))

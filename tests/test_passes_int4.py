@@ -17,7 +17,7 @@ from fxbench.exporters.checks import ExportSubject, build_checks
 from fxbench.exporters.onnx import OnnxRunner
 from fxbench.exporters.onnx_int4 import ACCURACY_LEVEL_OPTION, unpack_int4
 from fxbench.exporters.onnx_past import export_onnx_ort_with_past, export_onnx_with_past
-from fxbench.models import export_graph_module
+from fxbench.models import export_graph_module, unlift
 from fxbench.numerics import Tolerance, compare
 from fxbench.passes import create_pass, module_path, run_pipeline
 from fxbench.passes.quantize_int4_weight_only import quantize_int4
@@ -27,6 +27,15 @@ INT4_MM = aten._weight_int4pack_mm_for_cpu.default
 PASS = "quantize-int4-weight-only"
 # The tiny Llama's linears: q k v o gate up down in each of 2 layers, and the LM head.
 LINEARS = 2 * 7 + 1
+
+
+class _TwoLinears(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.head = torch.nn.Linear(32, 32), torch.nn.Linear(32, 1000)
+
+    def forward(self, x):
+        return self.head(self.hidden(x))
 
 
 def _run(cap, spec):
@@ -96,6 +105,13 @@ def test_int4_leaves_named_linears_float_and_refuses_a_group_size():
     assert all("K=64 not a multiple of 128" in s for s in details["skipped"])
     assert sorted(module_path(n) for n in wide.module.graph.nodes if n.target == INT4_MM) == [
         "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    # PyTorch's CPU kernel packs output channels by 16: a head over 1000 tokens stays float.
+    small = unlift(torch.export.export(_TwoLinears().eval(), (torch.randn(2, 3, 32),)))
+    int4 = create_pass(f"{PASS}:group_size=32")
+    assert int4(small).modified
+    assert [module_path(n) for n in small.graph.nodes if n.target == INT4_MM] == ["hidden"]
+    assert [module_path(n) for n in small.graph.nodes if n.target == aten.linear.default] == ["head"]
+    assert int4.details["quantized"] == 1 and any("N=1000 not a multiple of 16" in s for s in int4.details["skipped"])
     with pytest.raises(PassOptionError, match="group_size 48 must be one of"):
         create_pass(f"{PASS}:group_size=48")
 

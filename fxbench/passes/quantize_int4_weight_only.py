@@ -17,6 +17,9 @@ __all__ = ["GROUP_SIZES", "QuantizeInt4WeightOnly", "QuantizeInt4WeightOnlyOptio
 aten = torch.ops.aten
 # What ONNX Runtime's MatMulNBits takes (a power of two >= 16) and PyTorch's kernel packs (K / group whole).
 GROUP_SIZES = (16, 32, 64, 128, 256)
+# PyTorch's CPU int4 packing takes output channels in tiles of 16 (an LM head over a vocabulary of
+# 1000 does not fit; it stays float).
+_N_MULTIPLE = 16
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ class QuantizeInt4WeightOnly(FxbenchPass):
 
     Rules:
       1. matches linear(x, W, b), addmm(b, x, W) and mm(x, W) whose W is a 2-D float weight of the
-         module with K input channels a multiple of `group_size`, minus those `skip` names;
+         module with K input channels a multiple of `group_size` and N output channels a multiple
+         of 16 (the CPU kernel's tile), minus those `skip` names;
       2. W becomes q in [0, 15] with an fp32 scale and an integer zero point per output channel and
          group of `group_size` input channels (`quantize_int4`), packed by
          aten._convert_weight_to_int4pack_for_cpu; the product is
@@ -76,9 +80,12 @@ class QuantizeInt4WeightOnly(FxbenchPass):
         chosen, skipped = select_sites(gm, sites, self.options.skip)
         for site in list(chosen):
             val = site.input.meta.get("val")
-            k = site.weight.meta["val"].shape[1 - site.axis]
-            if k % g or val is None or val.dtype != torch.float32:
-                skipped[site.node.name] = f"K={k} not a multiple of {g}" if k % g else "input not fp32"
+            shape = site.weight.meta["val"].shape
+            n, k = shape[site.axis], shape[1 - site.axis]
+            why = (f"K={k} not a multiple of {g}" if k % g else f"N={n} not a multiple of {_N_MULTIPLE}" if n % _N_MULTIPLE
+                   else "input not fp32" if val is None or val.dtype != torch.float32 else None)
+            if why is not None:
+                skipped[site.node.name] = why
                 chosen.remove(site)
         editor = Editor(gm)
         for site in chosen:

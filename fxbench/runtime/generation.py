@@ -109,8 +109,11 @@ class TorchStep(DecodeStep):
         return tuple(self.layout.past(batch, 0, dtype=self.cache_dtype).values())
 
     def __call__(self, tokens: Mapping[str, torch.Tensor], past: Past) -> tuple[torch.Tensor, Past]:
+        # Contiguous: an AOTInductor runner reads its inputs with the strides it was compiled for,
+        # so a strided view (a column of forced tokens) would be read as the wrong elements.
+        feeds = {name: t.contiguous() for name, t in tokens.items()}
         with torch.inference_mode():
-            out = self.module(**tokens, **dict(zip(self.past_names, past)))
+            out = self.module(**feeds, **dict(zip(self.past_names, past)))
         return out[0][:, -1, :].float(), tuple(out[1:])
 
     def close(self) -> None:
@@ -252,7 +255,7 @@ def greedy_generate(
             unfinished &= ~torch.isin(next_tokens, eos)
             if not bool(unfinished.any()):
                 break
-        new = (forced[:, i] if forced is not None else next_tokens)[:, None]
+        new = (forced[:, i] if forced is not None else next_tokens)[:, None].contiguous()
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
     return Generation(tokens=tokens, prompt_length=input_ids.shape[1], step_seconds=tuple(seconds), logits=tuple(kept))
 
