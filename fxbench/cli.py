@@ -289,15 +289,7 @@ def bench(
             warmup=Warmup(iters=warmup, seconds=warmup_time, max_seconds=max(120.0, warmup_time)), measure=measure,
         )
         paths = write_reports(result, output or default_report_dir(model, result))
-    if json_out:
-        _json(result)
-    else:
-        out.print(render_table(result))
-        out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md, report.html")
-    failed = result.failures()
-    if failed:
-        err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
-        raise typer.Exit(1)
+    _bench_output(result, json_out, lambda: render_table(result), f"{paths['json'].parent}: report.json, report.md, report.html")
 
 
 def _bench_generate(model: str | None, backends: list[str] | None, batch: str, prompt_len: str, new_tokens: int, rounds: int,
@@ -314,11 +306,16 @@ def _bench_generate(model: str | None, backends: list[str] | None, batch: str, p
                                       new_tokens=new_tokens, rounds=max(3, rounds), threads=threads)
         result = run_generation_benchmark(model, names, settings, events=progress, command=sys.argv)
         paths = write_generation_reports(result, output or default_generation_dir(model, result))
+    _bench_output(result, json_out, lambda: render_generation_table(result), f"{paths['json'].parent}: report.json, report.md")
+
+
+def _bench_output(result: Any, json_out: bool, table: Callable[[], Any], written: str) -> None:
+    """A benchmark's JSON or its table and the files written; exit 1 if any backend run failed."""
     if json_out:
         _json(result)
     else:
-        out.print(render_generation_table(result))
-        out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md")
+        out.print(table())
+        out.print(f"[bold]{written}[/]")
     failed = result.failures()
     if failed:
         err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
