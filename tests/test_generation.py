@@ -19,6 +19,7 @@ from fxbench.models.decoder import eager_with_cache
 from fxbench.runtime.generation import OrtStep, TorchStep, capture_steps, greedy_generate, stop_tokens
 from fxbench.numerics import Tolerance, compare
 from fxbench.passes.quantize_int8_weight_only import QuantizeInt8WeightOnly
+from fxbench.passes import create_pass
 from fxbench.passes.runner import run_pipeline
 
 NEW_TOKENS = 16
@@ -104,6 +105,39 @@ def test_onnx_with_past_names_axes_ort_parity_fusions_and_greedy_tokens(family, 
     for artifact in (plain, fused):
         step = OrtStep(tmp_path / artifact.file, cap.layout, cap.eager.token_names)
         assert torch.equal(_generate(cap, step, ids, mask).tokens, expected), artifact.file
+
+
+# Every fp32 pass of the presets, the reduced-precision ones, and both weight-only quantizations,
+# each alone on the with-past graph (int8 weight-only has its own test below).
+CACHE_GRAPH_PASSES = {
+    "remove-noops": "fp32", "fuse-attention": "fp32", "fold-batchnorm": "fp32", "merge-qkv": "fp32", "fold-constants": "fp32",
+    "eliminate-common-subexpressions": "fp32", "eliminate-dead-code": "fp32", "to-fp16": "fp16", "to-bf16": "bf16",
+    "quantize-int4-weight-only:group_size=32": "int4",
+}
+
+
+@pytest.mark.parametrize("spec", list(CACHE_GRAPH_PASSES))
+def test_every_pass_runs_on_the_cache_graph_verified_on_logits_and_presents(spec):
+    """Each pass on the with-past graph: verified (strict) on the logits and every present key and
+    value, the past/present I/O kept, and within its precision's tolerance of eager at a prefill
+    and a decode step the sample never had."""
+    cap = captured_decoder("llama")
+    precision = CACHE_GRAPH_PASSES[spec]
+    result = run_pipeline(cap.graph_module(), [create_pass(spec)], inputs=dict(cap.inputs.tensors), reference=cap.reference,
+                          output_names=cap.output_names, strict=True)
+    record = result.records[0]
+    assert record.status in ("applied", "unchanged") and result.precision == precision
+    assert [o.name for o in result.parity.outputs] == list(cap.output_names)  # logits and every present
+    tolerance = Tolerance.for_precision(precision)
+    for batch, seq, past in ((1, 11, 0), (3, 1, 9)):
+        inputs = cap.step_inputs(batch, seq, past, seed=7)
+        with torch.no_grad():
+            got = tuple(result.module(**inputs))
+        parity = compare(got, cap.run_eager(inputs), cap.output_names)
+        assert len(got) == len(cap.output_names) and tolerance.accepts(parity), (spec, batch, seq, past, parity.brief())
+        assert got[1].shape == (batch, cap.layout.kv_heads[0], past + seq, cap.layout.head_dims[0])
+        # The past passes through unchanged (at fp16/bf16 it is the same values in the program's precision).
+        torch.testing.assert_close(got[1][:, :, :past].float(), inputs["past_key_values_0_key"], rtol=1e-2, atol=1e-2)
 
 
 def test_int8_weight_only_runs_on_the_cache_graph():
