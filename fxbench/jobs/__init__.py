@@ -5,6 +5,7 @@ from fxbench.jobs.bench import BenchTarget, default_report_dir, open_target, run
 from fxbench.jobs.catalog import pass_catalog
 from fxbench.jobs.common import default_device, load_and_capture, pass_context, resolve_model_source
 from fxbench.jobs.export import ExportRequest, ExportResult, export
+from fxbench.jobs.generate import default_generation_dir, run_generation_benchmark
 from fxbench.jobs.inspect import inspect_program, inspect_target
 from fxbench.jobs.optimize import OptimizeRequest, OptimizeResult, optimize, optimize_captured
 
@@ -15,6 +16,7 @@ __all__ = [
     "OptimizeRequest",
     "OptimizeResult",
     "default_device",
+    "default_generation_dir",
     "default_report_dir",
     "export",
     "inspect_program",
@@ -27,4 +29,5 @@ __all__ = [
     "pass_context",
     "resolve_model_source",
     "run_benchmark",
+    "run_generation_benchmark",
 ]

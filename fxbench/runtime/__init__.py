@@ -15,6 +15,14 @@ from fxbench.runtime.bench import (
     bench,
     shapes_from,
 )
+from fxbench.runtime.generation import (
+    GenerationResult,
+    GenerationSettings,
+    GenerationSubject,
+    best_generation,
+    greedy_generate,
+    measure_generation,
+)
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
 
 __all__ = [
@@ -25,6 +33,9 @@ __all__ = [
     "BenchResult",
     "BenchSettings",
     "Choice",
+    "GenerationResult",
+    "GenerationSettings",
+    "GenerationSubject",
     "LatencyStats",
     "Measure",
     "Measurement",
@@ -34,9 +45,12 @@ __all__ = [
     "Workload",
     "bench",
     "best_artifact",
+    "best_generation",
     "create_session",
     "default_backends",
     "folder_backends",
+    "greedy_generate",
+    "measure_generation",
     "parse_backends",
     "shapes_from",
 ]
