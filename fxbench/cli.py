@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from fxbench.errors import FxbenchError
+from fxbench.errors import BenchOptionError, FxbenchError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -276,6 +276,13 @@ def bench(
         out.print(backends_table(list(BACKENDS.values())))
         return
     if generate:
+        # Options of the one-forward benchmark that generation does not take: refused, not ignored.
+        ignored = [flag for flag, given in (("--seq (the prompt is --prompt-len)", seq != "128"), ("--iters", iters is not None),
+                                            ("--time", seconds is not None), (f"--device {device}", device != "cpu"),
+                                            ("--task", task is not None)) if given]
+        if ignored:
+            _fail(BenchOptionError(f"--generate does not take {', '.join(ignored)}: it generates on the CPU, "
+                                   "timed over interleaved rounds (--rounds)"))
         _bench_generate(model, backends, batch, prompt_len, new_tokens, rounds, threads, output, json_out)
         return
     with _steps() as progress:

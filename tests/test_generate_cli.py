@@ -87,3 +87,6 @@ def test_unsupported_caches_and_folders_without_a_cache_are_one_line_errors(tiny
     (plain / "report.json").write_text(json.dumps({"model": {"task": "text-generation"}, "artifacts": []}))
     proc = fxbench("bench", str(plain), "--generate")
     assert proc.returncode != 0 and "--task text-generation-with-past" in proc.stderr and "Traceback" not in proc.stderr
+    # Options of the one-forward benchmark are refused with --generate, not ignored.
+    proc = fxbench("bench", str(plain), "--generate", "--seq", "64", "--iters", "5")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --generate does not take --seq")
