@@ -22,12 +22,14 @@ def with_past_dir(tiny_dir, tmp_path_factory):
     proc = fxbench("optimize", str(tiny_dir("llama")), "--task", "text-generation-with-past", "-o", str(out),
                    "--target", "onnx,onnx-ort", *QUICK_GENERATION, "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(proc.stdout)
+    return out, json.loads(proc.stdout), proc.stderr
 
 
 @pytest.mark.slow
 def test_optimize_with_past_writes_optimum_named_artifacts_and_benches_them_by_generation(with_past_dir):
-    out, printed = with_past_dir
+    out, printed, log = with_past_dir
+    # The step line of the ORT target says which fusions fired.
+    assert "GroupQueryAttention x4 (4 taking the past)" in next(line for line in log.splitlines() if "export onnx-ort" in line)
     report = json.loads((out / "report.json").read_text())
     assert printed["model"]["task"] == report["model"]["task"] == "text-generation-with-past"
     assert [a["kind"] for a in report["artifacts"]] == ["program", "onnx", "onnx-ort"]
@@ -54,7 +56,7 @@ def test_optimize_with_past_writes_optimum_named_artifacts_and_benches_them_by_g
 
 @pytest.mark.slow
 def test_bench_generate_on_the_output_folder(with_past_dir, tmp_path):
-    out, _ = with_past_dir
+    out, _, _ = with_past_dir
     proc = fxbench("bench", str(out), "--generate", "--prompt-len", "5", "--new-tokens", "3", "--batch", "1,2",
                    "--backends", "generate,eager,ort@model.onnx,ort@model.ort.onnx", "-o", str(tmp_path / "gen"), "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

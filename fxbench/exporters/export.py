@@ -110,7 +110,20 @@ def _brief(artifact: Artifact) -> str:
         return artifact.file
     below = "; below its tolerance, kept as a baseline" if artifact.details.get("meets_tolerance") is False else ""
     return (f"{artifact.file}: {checks} cos>={worst['cosine']:.6f} "
-            f"max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}{below}")
+            f"max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}{below}{_fused(artifact.details)}")
+
+
+def _fused(details: dict[str, Any]) -> str:
+    """Which fused ops an ORT artifact holds (and whether its attention takes the past): the step line says what fired."""
+    ops = dict(details.get("fused_ops") or {})
+    nbits = (details.get("matmul_nbits") or {}).get("count")
+    if nbits:
+        ops["MatMulNBits"] = nbits
+    if not ops:
+        return "; no fusion fired" if "fused_ops" in details else ""
+    taking = (details.get("attention") or {}).get("taking_past")
+    past = f" ({taking} taking the past)" if taking else ""
+    return "; fused: " + ", ".join(f"{name} x{count}{past if name.endswith('Attention') else ''}" for name, count in ops.items())
 
 
 def export_artifacts(
