@@ -10,12 +10,14 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
-from fxbench.errors import BenchOptionError, FxbenchError
+from fxbench import interrupts
+from fxbench.errors import BenchOptionError, FxbenchError, one_line, show_traceback, verbose, write_error
+from fxbench.task_names import task_help
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -47,10 +49,57 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _fail(exc: FxbenchError) -> None:
+def _fail(exc: FxbenchError) -> NoReturn:
+    show_traceback(exc)  # under -v, above the line: the error line stays the last
     # Plain print, not rich: rich wraps at the terminal width, and the error must stay one line.
     print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
     raise typer.Exit(exc.exit_code)
+
+
+def _fail_unforeseen(exc: Exception, stage: str | None) -> NoReturn:
+    """An exception no layer turned into an FxbenchError: still one line, naming the stage it broke."""
+    disk = write_error(exc)
+    if disk is not None:
+        disk.__cause__ = exc
+        _fail(disk)
+    show_traceback(exc)
+    more = "the traceback is above" if verbose() else "rerun with -v for the traceback"
+    print(f"error: {stage or 'fxbench'} failed: {' '.join(one_line(exc, 300).split())}; {more} "
+          f"(fxbench did not foresee this failure: please report it)", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def _verbosity(on: bool) -> None:
+    if on:
+        os.environ["FXBENCH_VERBOSE"] = "1"
+
+
+VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Show the traceback behind an error line.")]
+
+
+@app.callback()
+def _options(verbose_: VerboseOpt = False) -> None:
+    _verbosity(verbose_)
+
+
+class _Tracked:
+    """The job's events, passed on, with the step they were in remembered for an unforeseen error."""
+
+    def __init__(self, inner: Callable[[str, str, str], None]):
+        self.inner, self.running, self.failed = inner, [], None
+
+    def __call__(self, step: str, status: str, detail: str) -> None:
+        if status == "start":
+            self.running.append(step)
+        elif status != "warn" and step in self.running:
+            self.running.remove(step)
+            if status == "fail" and self.failed is None:
+                self.failed = step
+        self.inner(step, status, detail)
+
+    @property
+    def stage(self) -> str | None:
+        return self.failed or (self.running[-1] if self.running else None)
 
 
 def _range(text: str, what: str) -> tuple[int, int]:
@@ -62,7 +111,7 @@ def _range(text: str, what: str) -> tuple[int, int]:
 
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench[demo]).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task head to load (default: from the config's architectures).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help=task_help())]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset for ONNX targets (18-23; default 18).")]
 ShapesOpt = Annotated[Optional[str], typer.Option("--shapes", help="TensorRT profile NAME:MIN,OPT,MAX per input, e.g. input_ids:1x16,8x128,32x512 (';' between inputs).")]
@@ -84,16 +133,20 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def _steps() -> Iterator[Callable[[str, str, str], None]]:
-    """The job's step lines on stderr while the block runs; a user error in it is one line and the exit."""
+def _steps(show: bool = True) -> Iterator[Callable[[str, str, str], None]]:
+    """The job's step lines on stderr while the block runs (`show`); an error in it is one line and the exit."""
     from fxbench.reports.terminal import Progress  # lazily: the reports pull in torch, which --help does not need
 
-    progress = Progress(err)
+    progress = Progress(err, enabled=show)
+    tracked = _Tracked(progress)
     try:
-        yield progress
+        yield tracked
     except FxbenchError as exc:
         progress.stop()
         _fail(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever escaped the layers is still one line
+        progress.stop()
+        _fail_unforeseen(exc, tracked.stage)
     finally:
         progress.stop()
 
@@ -129,6 +182,7 @@ def optimize(
     seq: Annotated[int, typer.Option("--seq", help="Sample sequence length for text models.")] = 16,
     batch_range: Annotated[str, typer.Option("--batch-range", help="Dynamic batch range MIN:MAX.")] = "1:64",
     seq_range: Annotated[str, typer.Option("--seq-range", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
+    image_range: Annotated[Optional[str], typer.Option("--image-range", help="Dynamic image height and width range MIN:MAX for vision models (default 32:2048, narrowed to what the model accepts; the sides stay a multiple of its stride where it needs one).")] = None,
     static: Annotated[bool, typer.Option("--static", help="Capture with static shapes.")] = False,
     attn: Annotated[Optional[str], typer.Option("--attn", help="Attention implementation to load: eager or sdpa.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Artifacts to make: comma-separated onnx, onnx-ort, onnx-int8, tensorrt, aoti; 'none' for model.pt2 only. Default: those that fit --device.")] = None,
@@ -138,6 +192,7 @@ def optimize(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Time every artifact against eager PyTorch and name the best.")] = True,
     bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to time, comma-separated.")] = "1",
     bench_seq: Annotated[str, typer.Option("--bench-seq", help="Sequence lengths to time, comma-separated (capped at the model's positions).")] = "128",
+    bench_image_size: Annotated[Optional[str], typer.Option("--bench-image-size", help="Image sizes to time vision models at: N or HxW, comma-separated, e.g. 224,384,640x480 (default: the capture's).")] = None,
     bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timed runs per backend and shape.")] = 2.0,
     bench_rounds: Annotated[int, typer.Option("--bench-rounds", help="Interleave the timed runs in this many rounds (all artifacts loaded at once).")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every backend (default: torch's).")] = None,
@@ -148,6 +203,7 @@ def optimize(
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="With-past models: new tokens per generation in the benchmark (--bench-seq is the prompt length).")] = 32,
     min_token_agreement: Annotated[float, typer.Option("--min-token-agreement", help="With-past models: accuracy budget of the best artifact, teacher-forced token agreement with eager generate().")] = 0.9,
     json_out: JsonOpt = False,
+    verbose_: VerboseOpt = False,
 ) -> None:
     """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time
     them against eager PyTorch and write DIR/model.pt2, the artifacts and report.json/.md/.html.
@@ -157,18 +213,22 @@ def optimize(
     from fxbench.jobs import optimize as run_optimize
     from fxbench.models import DynamicDims
     from fxbench.reports.terminal import print_optimize
+    from fxbench.runtime.bench import parse_image_sizes
     from fxbench.runtime.harness import Measure
 
+    _verbosity(verbose_)
     with _steps() as progress:
         edits = tuple(e for spec in (passes or []) for e in spec.split(";") if e.strip())
         seqs = _int_list(bench_seq, "bench-seq")
         request = OptimizeRequest(
             model=model, output=output, task=task, pipeline=pipeline, passes=edits, strict=strict, force=force,
             batch=batch, seq=seq, attn_implementation=attn,
-            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
+            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static,
+                             image=_range(image_range, "image") if image_range else None),
             targets=None if target is None else (() if target.strip().lower() == "none" else tuple(target.split(","))),
             export=_export_options(opset, shapes, device or default_device()),
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch, "bench-batch") for s in seqs),
+            bench_images=tuple(parse_image_sizes(bench_image_size)) if bench_image_size else (),
             measure=Measure(seconds=bench_time, rounds=bench_rounds), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
             search=search, generate=generate, new_tokens=new_tokens, min_token_agreement=min_token_agreement,
         )
@@ -188,12 +248,14 @@ def export(
     task: TaskOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace existing artifacts or a non-empty output folder.")] = False,
     json_out: JsonOpt = False,
+    verbose_: VerboseOpt = False,
 ) -> None:
     """Export MODEL (or a saved optimized program) to deployable artifacts, each checked against eager PyTorch."""
     from fxbench.jobs import ExportRequest
     from fxbench.jobs import export as run_export
     from fxbench.reports.terminal import print_export
 
+    _verbosity(verbose_)
     with _steps() as progress:
         request = ExportRequest(source=model, targets=tuple(to.split(",")), output=output,
                                 options=_export_options(opset, shapes, device, trt_precision), force=force, task=task)
@@ -225,15 +287,17 @@ def inspect(
     depth: Annotated[int, typer.Option("--depth", help="Module path depth for node counts.")] = 3,
     top: Annotated[int, typer.Option("--top", help="How many ops of the histogram to show.")] = 20,
     json_out: JsonOpt = False,
+    verbose_: VerboseOpt = False,
 ) -> None:
     """Parameters, op histogram and node counts per module of MODEL, a .pt2 file or an output folder."""
     from fxbench.jobs import inspect_target
     from fxbench.reports.terminal import inspection_tables
 
-    try:
-        info = inspect_target(model, task=task, depth=depth)
-    except FxbenchError as exc:
-        _fail(exc)
+    _verbosity(verbose_)
+    with _steps(show=False) as progress:
+        if depth < 1 or top < 1:
+            raise FxbenchError(f"--depth and --top must be at least 1, not {depth} and {top}")
+        info = inspect_target(model, task=task, depth=depth, events=progress)
     if json_out:
         _json(info)
         return
@@ -249,6 +313,7 @@ def bench(
     backends: Annotated[Optional[list[str]], typer.Option("--backends", "--backend", help="Comma-separated backend names, NAME@FILE for an artifact; see `fxbench bench --list`. Default: eager, program, compile (a model) or eager plus every artifact (a folder).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes to sweep, comma-separated.")] = "1",
     seq: Annotated[str, typer.Option("--seq", help="Sequence lengths to sweep, comma-separated (text models).")] = "128",
+    image_size: Annotated[Optional[str], typer.Option("--image-size", help="Image sizes to sweep (vision models): N or HxW, comma-separated, e.g. 224,384,640x480 (default: the capture's).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where device-agnostic backends run.")] = "cpu",
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs after the first call, at least.")] = 10,
     warmup_time: Annotated[float, typer.Option("--warmup-time", help="Warm-up seconds after the first call, at least.")] = 0.5,
@@ -263,6 +328,7 @@ def bench(
     prompt_len: Annotated[str, typer.Option("--prompt-len", help="--generate: prompt lengths, comma-separated.")] = "128",
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="--generate: new tokens per generation.")] = 64,
     json_out: JsonOpt = False,
+    verbose_: VerboseOpt = False,
 ) -> None:
     """Benchmark backends on the same inputs over a batch x sequence sweep, checked against eager fp32.
     With --generate: greedy generation (time to first token, time per output token, tokens/s, peak
@@ -270,8 +336,9 @@ def bench(
     from fxbench.jobs import default_report_dir, run_benchmark
     from fxbench.reports.files import write_reports
     from fxbench.reports.terminal import backends_table, render_table
-    from fxbench.runtime import BACKENDS, Measure, Warmup, shapes_from
+    from fxbench.runtime import BACKENDS, Measure, Warmup, parse_image_sizes, shapes_from
 
+    _verbosity(verbose_)
     if list_backends:
         out.print(backends_table(list(BACKENDS.values())))
         return
@@ -289,14 +356,14 @@ def bench(
         if iters is not None and seconds is not None:
             raise FxbenchError("give --iters or --time, not both")
         names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
-        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"))
+        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"), images=parse_image_sizes(image_size) if image_size else ())
         measure = Measure(iters=iters, seconds=seconds if seconds is not None else 2.0, rounds=rounds)
         result = run_benchmark(
             model, names, shapes, device=device, threads=threads, task=task, events=progress,
             warmup=Warmup(iters=warmup, seconds=warmup_time, max_seconds=max(120.0, warmup_time)), measure=measure,
         )
         paths = write_reports(result, output or default_report_dir(model, result))
-    _bench_output(result, json_out, lambda: render_table(result), f"{paths['json'].parent}: report.json, report.md, report.html")
+    _bench_output(result, json_out, lambda: render_table(result), paths["json"], "report.json, report.md, report.html")
 
 
 def _bench_generate(model: str | None, backends: list[str] | None, batch: str, prompt_len: str, new_tokens: int, rounds: int,
@@ -313,25 +380,55 @@ def _bench_generate(model: str | None, backends: list[str] | None, batch: str, p
                                       new_tokens=new_tokens, rounds=max(3, rounds), threads=threads)
         result = run_generation_benchmark(model, names, settings, events=progress, command=sys.argv)
         paths = write_generation_reports(result, output or default_generation_dir(model, result))
-    _bench_output(result, json_out, lambda: render_generation_table(result), f"{paths['json'].parent}: report.json, report.md")
+    _bench_output(result, json_out, lambda: render_generation_table(result), paths["json"], "report.json, report.md")
 
 
-def _bench_output(result: Any, json_out: bool, table: Callable[[], Any], written: str) -> None:
+def _bench_output(result: Any, json_out: bool, table: Callable[[], Any], report: Path, files: str) -> None:
     """A benchmark's JSON or its table and the files written; exit 1 if any backend run failed."""
     if json_out:
         _json(result)
     else:
         out.print(table())
-        out.print(f"[bold]{written}[/]")
+        out.print(f"[bold]{report.parent}[/]: {files}")
     failed = result.failures()
     if failed:
-        err.print(f"[red]{len(failed)} backend run(s) failed[/]; the reports say why")
+        first = failed[0]
+        who = getattr(first, "label", None) or getattr(first, "backend", "")
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        print(f"error: {len(failed)} backend run(s) failed, the others were timed: {who}: {' '.join(first.reason.split())[:240]}"
+              f"{more}; {report} says why for each", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _usage_error(exc: Any) -> NoReturn:
+    """click's usage errors (an unknown option, a value of the wrong type) as the one `error:` line
+    every other failure is, instead of a boxed, wrapped usage message."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # `fxbench` alone: the help
+        sys.exit(exc.exit_code)
+    where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "fxbench"
+    print(f"error: {' '.join(exc.format_message().split()).rstrip('.')}; see {where} --help", file=sys.stderr)
+    sys.exit(exc.exit_code)
 
 
 def main() -> None:
     _quiet_libraries()
-    app()
+    interrupts.install()
+    try:
+        code = app(prog_name="fxbench", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except typer.TyperException as exc:  # typer's click: usage errors (ClickException and its kind)
+        if not hasattr(exc, "format_message"):
+            raise
+        _usage_error(exc)
+    except (interrupts.Interrupted, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, interrupts.Interrupted) else 130
+        name = exc.name if isinstance(exc, interrupts.Interrupted) else "SIGINT"
+        print(f"error: interrupted by {name}; stopped without leaving a half-written output (exit {code})", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from typing import Literal
 
 __all__ = ["EventFn", "Status", "no_events", "prefixed", "step"]
 
-Status = Literal["start", "done", "fail", "skip"]
+Status = Literal["start", "done", "fail", "skip", "warn"]
 
-# (step, status, detail): a step starts, then ends done, failed or skipped with one line saying how.
+# (step, status, detail): a step starts, then ends done, failed or skipped with one line saying how;
+# "warn" is a step's remark that does not end it (inputs made from the config: the tokenizer is corrupt).
 # A plain callable, so that a lambda or a list's append-wrapper is a listener.
 EventFn = Callable[[str, Status, str], None]
 

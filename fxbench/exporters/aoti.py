@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from torch.export.passes import move_to_device_pass
 
-from fxbench.errors import BackendUnavailableError, ExportError
+from fxbench.errors import BackendUnavailableError, ExportError, OutputWriteError, write_error
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
+from fxbench.exporters.storage import ensure_space, guarded_file, program_bytes
 from fxbench.exporters.targets import target_file
 
 __all__ = ["export_aoti", "require_aoti"]
@@ -34,9 +35,17 @@ def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *
     start = time.perf_counter()
     program = subject.program if device == "cpu" else move_to_device_pass(subject.program, device)
     path = Path(folder) / target_file("aoti", device)
+    ensure_space(path.parent, program_bytes(program) + 2**20, path.name)  # the weights go into the package
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        # Through a guarded file: torch's C++ archive writer aborts the process on a full disk.
+        with guarded_file(path, path.name) as f:
+            torch._inductor.aoti_compile_and_package(program, package_path=f)
+    except OutputWriteError:
+        raise
     except Exception as exc:  # noqa: BLE001 - inductor raises many types; all become one line
+        disk = write_error(exc)
+        if disk is not None:
+            raise disk from exc
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise ExportError(f"AOTInductor compile failed: {type(exc).__name__}: {first[:240]}") from exc
     compile_seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fxbench.errors import ExportError, FxbenchError
+from fxbench.errors import ExportError, FxbenchError, OutputWriteError, StageError, one_line, show_traceback, write_error
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import ExportSubject, build_checks
 from fxbench.events import EventFn
@@ -103,6 +103,17 @@ def _failure(target: str, exc: FxbenchError) -> ExportFailure:
     return ExportFailure(target, " ".join(str(exc).split()), type(exc).__name__, exc.exit_code)
 
 
+def _unforeseen(target: str, subject: ExportSubject, exc: Exception) -> StageError:
+    from fxbench.models import failing_node
+
+    config = subject.captured.loaded.config
+    where = failing_node(exc)
+    return StageError(
+        f"--to {target} failed on this {config.model_type} model{' at ' + str(where) if where else ''}: {one_line(exc)}; "
+        f"drop {target} from --to / --target, or try --static or a pipeline without the pass that made that op (-v shows the traceback)"
+    )
+
+
 def _brief(artifact: Artifact) -> str:
     worst = min(artifact.parity.values(), key=lambda p: p["cosine"]) if artifact.parity else None
     checks = ", ".join(artifact.parity)
@@ -162,9 +173,21 @@ def export_artifacts(
             artifact = target.make(ExportContext(target, subject, checks, options, scratch, source))
             for f in scratch.iterdir():
                 os.replace(f, out_dir / f.name)
+        except OutputWriteError:
+            raise  # the disk, not the target: the run stops, and nothing of it is kept
         except FxbenchError as exc:
+            show_traceback(exc)
             events(step, "fail", str(exc))
             failures.append(_failure(target.name, exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a target's unforeseen failure is its failure, in one line
+            disk = write_error(exc, out_dir)
+            if disk is not None:
+                raise disk from exc
+            show_traceback(exc)
+            error = _unforeseen(target.name, subject, exc)
+            events(step, "fail", str(error))
+            failures.append(_failure(target.name, error))
             return None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import logging
@@ -25,6 +26,7 @@ from fxbench.errors import BackendUnavailableError, ExportError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
 from fxbench.exporters.onnx_int4 import ACCURACY_LEVEL_OPTION, INT4_OPSET, has_int4, int4_translations, lower_int4_matmuls
+from fxbench.exporters.storage import ensure_space
 from fxbench.exporters.targets import target_file
 from fxbench.models.decoder import onnx_name
 
@@ -187,6 +189,24 @@ def _quiet_registry() -> Any:
         logger.setLevel(level)
 
 
+def _contiguous_as_clone(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """`program` (a copy, when it changes) with each `aten.contiguous` as the copy it stands for,
+    `clone` in that memory format. torch.onnx's decomposition re-derives strides under symbolic
+    shapes and may drop a `contiguous` whose input was contiguous when captured (T5: SDPA's CPU
+    kernel returns a transposed layout), then fails on the `view` after it ("Cannot view a tensor
+    with shape ..."). A clone is never dropped, and in ONNX it is an Identity that the optimizer removes."""
+    contiguous = torch.ops.aten.contiguous.default
+    if not any(n.op == "call_function" and n.target == contiguous for n in program.graph.nodes):
+        return program
+    gm = copy.deepcopy(program.graph_module)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == contiguous:
+            fmt = node.args[1] if len(node.args) > 1 else node.kwargs.get("memory_format", torch.contiguous_format)
+            node.target, node.args, node.kwargs = torch.ops.aten.clone.default, node.args[:1], {"memory_format": fmt}
+    gm.recompile()
+    return program._update(gm, program.graph_signature)  # the same weights, signature and ranges
+
+
 def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
     # torch.onnx renames the symbolic dims (s18, s41) only when it is handed names; with an
     # ExportedProgram the names are all it uses of `dynamic_shapes`.
@@ -195,7 +215,7 @@ def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
     try:
         with contextlib.redirect_stdout(io.StringIO()), _quiet_registry():
             program = torch.onnx.export(
-                subject.program,
+                _contiguous_as_clone(subject.program),
                 dynamo=True,
                 input_names=list(subject.input_names),
                 output_names=list(subject.output_names),
@@ -246,7 +266,9 @@ def _int4_details(model: ir.Model, asked: int) -> dict[str, Any]:
 
 def save_onnx(model: ir.Model, path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> str | None:
     """Write `model` to `path`; weights go to `<file>.data` beside it when they exceed `threshold`
-    bytes. Returns the external data file's name, if any."""
+    bytes. Returns the external data file's name, if any. A disk without room for it is one error
+    line before the write."""
+    ensure_space(Path(path).parent, _initializer_bytes(model) + 2**20, Path(path).name)
     if _initializer_bytes(model) > threshold:
         data = f"{path.name}.data"
         ir.save(model, path, external_data=data)

@@ -15,6 +15,7 @@ from fxbench.errors import ExportError, VerificationError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
 from fxbench.exporters.onnx import EXTERNAL_DATA_THRESHOLD, OnnxRunner, onnx_files, ort_providers, save_onnx, stored_details
+from fxbench.exporters.storage import ensure_space
 from fxbench.exporters.onnx_fusions import contrib_op_counts, fuse_for_ort
 from fxbench.exporters.onnx_int4 import ACCURACY_LEVEL_OPTION
 from fxbench.exporters.targets import target_file
@@ -77,6 +78,7 @@ def optimize_offline(
     if nbits_accuracy_level is not None:
         # The MatMulNBits that ORT fuses from int4 DequantizeLinear + MatMul takes this level.
         options.add_session_config_entry(ACCURACY_LEVEL_OPTION, str(nbits_accuracy_level))
+    ensure_space(destination.parent, sum(f.stat().st_size for f in onnx_files(start_from)) + 2**20, destination.name)
     if len(onnx_files(Path(source))) > 1:
         # Keep large weights out of the protobuf, as in the source model.
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{destination.name}.data")

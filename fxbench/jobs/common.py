@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 
 import fxbench
-from fxbench.errors import CaptureError, ModelLoadError
+from fxbench.errors import BackendUnavailableError, CaptureError, ModelLoadError
 from fxbench.events import EventFn, no_events, step
 from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, load_model
 from fxbench.models.decoder import DecoderCapture, DecoderDims, capture_with_past, load_for_generation
-from fxbench.models.tasks import WITH_PAST_TASK
+from fxbench.models.tasks import WITH_PAST_TASK, canonical_task
 from fxbench.passes import PassContext
 from fxbench.reports.records import ModelRecord, ReportHeader
 
@@ -27,11 +27,13 @@ __all__ = [
     "decoder_dims",
     "export_plan",
     "generation_task",
+    "input_warning",
     "load_and_capture",
     "model_record",
     "pass_context",
     "raise_for_failures",
     "report_header",
+    "require_device",
     "resolve_model_source",
 ]
 
@@ -39,6 +41,17 @@ __all__ = [
 def default_device() -> str:
     """Where artifacts are made and timed when the user does not say: the GPU when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def require_device(device: str | None) -> None:
+    """--device cuda where torch sees no GPU is one line before any model loads, not a run that
+    makes nothing for the device and ends "no artifact meets the accuracy budget"."""
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise BackendUnavailableError(
+            f"--device cuda: torch {torch.__version__} is {build}; use --device cpu, or run on a machine with a CUDA GPU "
+            f"and a CUDA build of torch"
+        )
 
 
 def raise_for_failures(failures: tuple[ExportFailure, ...]) -> None:
@@ -85,6 +98,7 @@ def default_output_dir(source: str) -> Path:
 def generation_task(task: str | None, generate: bool) -> str | None:
     """The task to load: with `generate` (the user asks for generation), a causal LM's with-past
     task; a task that is no causal LM's is refused in one line, before anything loads."""
+    task = canonical_task(task) if task else None  # Optimum's names too (causal-lm, causal-lm-with-past)
     if not generate or task == WITH_PAST_TASK:
         return task
     if task not in (None, "text-generation"):
@@ -122,15 +136,25 @@ def load_and_capture(
     """Load `source` for `task` and capture it; the with-past task captures the KV cache as
     inputs and outputs (fxbench.models.decoder)."""
     timings = timings if timings is not None else {}
-    if task == WITH_PAST_TASK:
+    if task and canonical_task(task) == WITH_PAST_TASK:
         return _load_and_capture_with_past(source, batch, seq, dims, attn_implementation, events, timings)
     with step(events, "load", timings) as d:
         loaded: LoadedModel = load_model(source, task, attn_implementation=attn_implementation)
         d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
+    if loaded.preprocessor_error:
+        events("load", "warn", input_warning(loaded))
     with step(events, "capture", timings) as d:
         captured = capture(loaded, batch=batch, seq=seq, dims=dims)
-        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}"
+        axes = captured.describe_axes()
+        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}" + (f"; {axes}" if axes else "")
     return captured
+
+
+def input_warning(loaded: LoadedModel) -> str | None:
+    """Why the sample inputs are drawn from the config though the model ships a tokenizer / processor."""
+    if not loaded.preprocessor_error:
+        return None
+    return f"{loaded.preprocessor_error}; sample inputs are drawn from the config instead (fix or remove the files)"
 
 
 def model_record(loaded: LoadedModel) -> ModelRecord:
@@ -143,9 +167,10 @@ def model_record(loaded: LoadedModel) -> ModelRecord:
 
 def report_header(captured: CapturedProgram, started: _dt.datetime) -> ReportHeader:
     """The opening of every report.json: fxbench's version, when the job started, the model, the inputs and their ranges."""
+    warning = input_warning(captured.loaded)
     return ReportHeader(
         fxbench_version=fxbench.__version__, created=started.isoformat(timespec="seconds"), model=model_record(captured.loaded),
-        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured)},
+        inputs={**captured.inputs.describe(), "dynamic": dims_record(captured), **({"warning": warning} if warning else {})},
     )
 
 

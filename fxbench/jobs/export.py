@@ -13,8 +13,9 @@ from fxbench.environment import collect_environment
 from fxbench.errors import ExportError, OutputExistsError
 from fxbench.events import EventFn, no_events, step
 from fxbench.exporters import Artifact, load_program
-from fxbench.jobs.common import default_output_dir, export_plan, load_and_capture, raise_for_failures, report_header, resolve_model_source
-from fxbench.jobs.folders import check_output_dir, saved_program, staged_directory
+from fxbench.jobs.common import default_output_dir, export_plan, load_and_capture, raise_for_failures, report_header, require_device
+from fxbench.jobs.common import resolve_model_source
+from fxbench.jobs.folders import check_output_dir, output_lock, saved_program, staged_directory
 from fxbench.models import DynamicDims
 from fxbench.numerics import Tolerance
 from fxbench.reports.files import write_json
@@ -48,7 +49,7 @@ class ExportResult:
 
 
 def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
-    """The DynamicDims that reproduce a report's recorded ranges (batch, seq; decoder_seq follows seq)."""
+    """The DynamicDims that reproduce a report's recorded ranges (batch, seq, image sides; decoder_seq follows seq)."""
     if not dynamic:
         return DynamicDims(static=True)
     ranges: dict[str, tuple[int, int]] = {}
@@ -56,7 +57,10 @@ def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
         for dim in spec.values():
             ranges.setdefault(dim["name"], (int(dim["min"]), int(dim["max"])))
     defaults = DynamicDims()
-    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)))
+    sides = [ranges[n] for n in ("height", "width") if n in ranges]
+    image = (min(lo for lo, _ in sides), max(hi for _, hi in sides)) if sides else None
+    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)),
+                       image=image, audio=ranges.get("samples", ranges.get("frames", defaults.audio)))
 
 
 def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
@@ -67,19 +71,23 @@ def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str,
     report_path = program_path.parent / "report.json"
     if not report_path.is_file():
         raise ExportError(f"no report.json beside {program_path} to name the model it came from; export from the model instead")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{report_path} is unreadable ({exc}); run fxbench optimize again") from exc
     model, inputs = report.get("model") or {}, report.get("inputs") or {}
     program_record = next((a for a in report.get("artifacts", []) if a.get("kind") == "program"), None)
     if not model.get("source") or program_record is None:
         raise ExportError(f"{report_path} is not an fxbench optimize report (no model source or program record)")
+    # The program first: a truncated model.pt2 is one line before minutes of loading the model.
+    with step(events, "load program", timings) as d:
+        program = load_program(program_path)
+        d["detail"] = f"{program_path.name}, {program_record.get('precision', 'fp32')}"
     captured = load_and_capture(
         model["source"], task=model.get("task"), batch=int(inputs.get("batch") or 2), seq=int(inputs.get("seq") or 16),
         dims=_dims_from_record(inputs.get("dynamic") or {}), attn_implementation=model.get("attn_implementation"),
         events=events, timings=timings,
     )
-    with step(events, "load program", timings) as d:
-        program = load_program(program_path)
-        d["detail"] = f"{program_path.name}, {program_record.get('precision', 'fp32')}"
     parity = report.get("parity") or {}
     tolerance = parity.get("tolerance")
     subject = ExportSubject(
@@ -115,6 +123,7 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
     from fxbench.exporters.targets import target_file, target_files
 
     targets, options = export_plan(request.targets, request.options or ExportOptions())
+    require_device(options.device)
     onnx_file = target_file("onnx", options.device)
     timings: dict[str, float] = {}
     program_path = saved_program(request.source, "export")
@@ -123,6 +132,11 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
         folder = program_path.parent
         out_dir = Path(request.output) if request.output else folder
         in_place = out_dir.exists() and out_dir.resolve() == folder.resolve()
+    else:
+        source = resolve_model_source(request.source)
+        out_dir = Path(request.output) if request.output else default_output_dir(source)
+    # The output's lock is taken before loading: a second run into the same folder stops at once.
+    with output_lock(out_dir):
         if in_place:
             taken = [f for f in target_files(targets, options.device) if (folder / f).exists()]
             # A model.onnx already made is reused by the targets that build on it, not replaced.
@@ -132,31 +146,28 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
                 raise OutputExistsError(f"{folder} already has {', '.join(taken)}; pass --force to replace it")
         else:
             check_output_dir(out_dir, request.force)
-        subject, source_report = _subject_from_folder(program_path, events, timings)
-    else:
-        source = resolve_model_source(request.source)
-        out_dir = Path(request.output) if request.output else default_output_dir(source)
-        check_output_dir(out_dir, request.force)
-        captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims(),
-                                    attn_implementation=None, events=events, timings=timings)
-        subject = ExportSubject(captured.exported, captured, captured.output_names)
-
-    started = _dt.datetime.now(_dt.timezone.utc)
-    with staged_directory(out_dir, request.force, add_to=in_place) as staging:
-        made = export_artifacts(subject, targets, staging, options, events, onnx_path=out_dir / onnx_file if reusable else None)
-        if not made.artifacts:
-            raise_for_failures(made.failures)
-        if in_place:
-            assert source_report is not None
-            report = _add_records(source_report, made)
+        if program_path is not None:
+            subject, source_report = _subject_from_folder(program_path, events, timings)
         else:
-            report = {
-                **report_header(subject.captured, started).to_dict(),
-                "source": {"program": str(program_path) if program_path else None, "passes": source_report is not None},
-                "artifacts": [a.to_dict() for a in made.artifacts],
-                "export_failures": [f.to_dict() for f in made.failures],
-                "environment": collect_environment(sys.argv),
-                "seconds": dict(timings),
-            }
-        write_json(report, staging / "report.json")
+            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims(),
+                                        attn_implementation=None, events=events, timings=timings)
+            subject = ExportSubject(captured.exported, captured, captured.output_names)
+        started = _dt.datetime.now(_dt.timezone.utc)
+        with staged_directory(out_dir, request.force, add_to=in_place) as staging:
+            made = export_artifacts(subject, targets, staging, options, events, onnx_path=out_dir / onnx_file if reusable else None)
+            if not made.artifacts:
+                raise_for_failures(made.failures)
+            if in_place:
+                assert source_report is not None
+                report = _add_records(source_report, made)
+            else:
+                report = {
+                    **report_header(subject.captured, started).to_dict(),
+                    "source": {"program": str(program_path) if program_path else None, "passes": source_report is not None},
+                    "artifacts": [a.to_dict() for a in made.artifacts],
+                    "export_failures": [f.to_dict() for f in made.failures],
+                    "environment": collect_environment(sys.argv),
+                    "seconds": dict(timings),
+                }
+            write_json(report, staging / "report.json")
     return ExportResult(out_dir, report, made.artifacts, made.failures, timings)

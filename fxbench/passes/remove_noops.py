@@ -17,6 +17,7 @@ aten = torch.ops.aten
 
 _DROPOUTS = {aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default, aten.feature_alpha_dropout.default}
 _ALIASES = {aten.detach.default, aten.alias.default, aten.lift_fresh_copy.default}
+_COPIES = {aten.lift_fresh_copy.default, aten.clone.default}
 _FULL = sys.maxsize
 
 
@@ -26,6 +27,22 @@ class RemoveNoopsOptions(PassOptions):
     casts: bool = True
     arithmetic: bool = True
     asserts: bool = True
+
+
+def _written_in_place(node: Node) -> bool:
+    """Whether a user of `node` mutates it in place (`detach_`, `add_`, an out= argument): a copy
+    feeding such a user is not a no-op, since removing it would mutate the copy's source instead."""
+    for user in node.users:
+        schema = getattr(user.target, "_schema", None)
+        if schema is None or not schema.is_mutable:
+            continue
+        for arg, value in zip(schema.arguments, user.args):
+            if value is node and arg.alias_info is not None and arg.alias_info.is_write:
+                return True
+        for arg in schema.arguments:
+            if user.kwargs.get(arg.name) is node and arg.alias_info is not None and arg.alias_info.is_write:
+                return True
+    return False
 
 
 def _same_tensor_type(node: Node, source: Any) -> bool:
@@ -40,7 +57,9 @@ class RemoveNoops(FxbenchPass):
     Rules, each replacing the op by its input:
       1. dropout (and its feature / alpha forms) with train=False;
       2. detach, alias, lift_fresh_copy; clone without a new memory format, unless its input is a
-         graph input (the copy then keeps the output from aliasing the caller's tensor);
+         graph input (the copy then keeps the output from aliasing the caller's tensor); a copy
+         (lift_fresh_copy, clone) whose result a user writes in place (DeBERTa's and T5's
+         `torch.tensor(...).detach_()`) is kept, or the write would land on the copied constant;
       3. a cast (to, _to_copy) to the dtype and device its input already has, without copy=True or
          a memory format;
       4. full-range slices (start 0, end max, step 1);
@@ -58,6 +77,8 @@ class RemoveNoops(FxbenchPass):
         if o.dropout and t in _DROPOUTS:
             train = args[2] if len(args) > 2 else kwargs.get("train", False)
             return args[0] if train is False else None
+        if t in _COPIES and _written_in_place(node):
+            return None
         if t in _ALIASES:
             return args[0]
         if t == aten.clone.default:

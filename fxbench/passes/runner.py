@@ -148,7 +148,7 @@ class VerifiedPass(PassBase):
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             record("failed", snapshot, False, None, seconds, 0.0, message)
             if v.strict:
-                raise VerificationError(f"pass {p.name} failed: {message}") from exc
+                raise VerificationError(f"pass {p.name} failed on {_model(p)}{_at(exc)}: {message}; {_without(p)}") from exc
             return PassResult(snapshot, False)
         seconds = time.perf_counter() - start
         if not result.modified:
@@ -166,7 +166,7 @@ class VerifiedPass(PassBase):
             message = f"the graph no longer runs: {type(exc).__name__}: {exc}".splitlines()[0][:300]
             record("failed", snapshot, True, None, seconds, verify_seconds, message)
             if v.strict:
-                raise VerificationError(f"pass {p.name}: {message}") from exc
+                raise VerificationError(f"pass {p.name} on {_model(p)}{_at(exc)}: {message}; {_without(p)}") from exc
             return PassResult(snapshot, False)
         verify_seconds = time.perf_counter() - start
 
@@ -174,7 +174,7 @@ class VerifiedPass(PassBase):
             why = tolerance.explain(parity)
             record("rolled-back", snapshot, True, parity, seconds, verify_seconds, why)
             if v.strict:
-                raise VerificationError(f"pass {p.name} broke the tolerance ({why}); run without --strict to skip it")
+                raise VerificationError(f"pass {p.name} broke the tolerance on {_model(p)} ({why}); {_without(p)}")
             return PassResult(snapshot, False)
 
         rebased = not p.exact or names != v.names
@@ -185,6 +185,22 @@ class VerifiedPass(PassBase):
         v.tolerance = tolerance
         record("applied", gm, True, parity, seconds, verify_seconds, "; ".join(notes[first_note:]), rebased=rebased)
         return PassResult(gm, True)
+
+
+def _model(p: FxbenchPass) -> str:
+    config = p.context.config if p.context is not None else None
+    return f"this {config.model_type} model" if getattr(config, "model_type", None) else "this model"
+
+
+def _at(exc: BaseException) -> str:
+    from fxbench.models import failing_node  # the graph node the error came from, where it came from one
+
+    node = failing_node(exc)
+    return f" at {node}" if node else ""
+
+
+def _without(p: FxbenchPass) -> str:
+    return f"run without --strict to roll it back, or leave it out: --passes -{p.name}"
 
 
 def _unwrap(exc: BaseException) -> FxbenchError | None:

@@ -126,6 +126,8 @@ def header_lines(result: BenchResult) -> list[str]:
         + (f"; GPU: {gpu.get('name')}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}" if gpu else ""),
         f"parity against {result.reference}" + (f"; agree = {metric}" if (metric := agreement_metric(result)) else ""),
     ]
+    if result.model.get("inputs_warning"):
+        lines.append(f"warning: {result.model['inputs_warning']}")
     return lines
 
 
@@ -212,8 +214,11 @@ def summary_lines(report: OptimizeReport) -> list[str]:
         f"model: {model.model_id or model.source} ({model.architecture}, {model.task}, {model.parameters / 1e6:.1f}M parameters)",
         f"pipeline: {pipe.name or 'custom'} ({' → '.join(pipe.passes)})",
         f"device: {report.device}",
+        *([f"capture: {report.capture.axes}"] if report.capture.axes else []),
         f"final parity against {parity.against}: cosine {_cos(parity.final)}, max abs error {_err(parity.final)}",
     ]
+    if report.header.inputs.get("warning"):
+        lines.append(f"warning: {report.header.inputs['warning']}")
     if report.best:
         best = report.best.choice
         generation = report.generation is not None

@@ -44,6 +44,9 @@ class Progress:
     def __call__(self, step: str, status: Status, detail: str) -> None:
         if not self.enabled:
             return
+        if status == "warn":
+            self.console.print(f"[yellow]![/] {step:<40} [yellow]warning:[/] {detail}", soft_wrap=True)  # one line, however long
+            return
         if status == "start":
             self.started[step] = time.perf_counter()
             if self.status is None:

@@ -13,6 +13,7 @@ from fxbench.runtime.bench import (
     Workload,
     best_artifact,
     bench,
+    parse_image_sizes,
     shapes_from,
 )
 from fxbench.runtime.generation import (
@@ -52,5 +53,6 @@ __all__ = [
     "greedy_generate",
     "measure_generation",
     "parse_backends",
+    "parse_image_sizes",
     "shapes_from",
 ]
