@@ -26,7 +26,7 @@ import typer.core
 from rich.console import Console
 
 from fxbench import interrupts
-from fxbench.errors import FxbenchError, one_line, show_traceback, verbose, write_error
+from fxbench.errors import BenchOptionError, FxbenchError, one_line, show_traceback, verbose, write_error
 from fxbench.events import set_verbosity, verbosity
 from fxbench.task_names import task_help
 
@@ -427,6 +427,11 @@ def optimize(
     warmup: WarmupOpt = 10,
     warmup_time: WarmupTimeOpt = 0.5,
     force: ForceOpt = False,
+    generate: Annotated[bool, _flag("--generate", rich_help_panel="Benchmark",
+                                    help="A causal LM for generation: capture it with its KV cache (--task text-generation-with-past) and bench by greedy generation.")] = False,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", rich_help_panel="Benchmark", help="With-past models: new tokens per generation in the benchmark (--seq is the prompt length).")] = 32,
+    min_token_agreement: Annotated[float, typer.Option("--min-token-agreement", rich_help_panel="Benchmark",
+                                                       help="With-past models: accuracy budget of the best artifact, teacher-forced token agreement with eager generate().")] = 0.9,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
@@ -439,7 +444,9 @@ def optimize(
 ) -> None:
     """Capture MODEL, run a verified pass pipeline, export the artifacts that fit the device, time
     them against eager PyTorch (interleaved rounds, one eager baseline) and write DIR/model.pt2,
-    the artifacts and report.json/.md/.html."""
+    the artifacts and report.json/.md/.html. With --generate (or --task text-generation-with-past)
+    the capture takes and returns the KV cache, and the artifacts are timed by greedy generation
+    against eager generate()."""
     with _job(quiet, verbose) as progress:
         from fxbench.jobs import OptimizeRequest
         from fxbench.jobs import optimize as run_optimize
@@ -464,6 +471,7 @@ def optimize(
             bench_images=tuple(parse_image_sizes(image_size)) if image_size else (),
             warmup=warm, measure=measure, threads=threads, min_cosine=min_cosine,
             max_abs_error=float("inf") if max_abs_error is None else max_abs_error, search=search,
+            generate=generate, new_tokens=new_tokens, min_token_agreement=min_token_agreement,
         )
         result = run_optimize(request, events=progress)
     _finish(result, json_out, lambda: print_optimize(out, result.report, result.output_dir, warnings=err))
@@ -524,15 +532,30 @@ def bench(
     token: TokenOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output", help="Folder for report.json, report.md, report.html (default: DIR/bench for a folder, fxbench-out/<model>-bench).")] = None,
+    generate: Annotated[bool, _flag("--generate", rich_help_panel="Benchmark",
+                                    help="Greedy generation instead of one forward: prefill, then one token at a time with the KV cache fed back, every backend through one loop, against eager generate() and torch.compile with a static cache.")] = False,
+    prompt_len: Annotated[str, typer.Option("--prompt-len", rich_help_panel="Benchmark", help="--generate: prompt lengths, comma-separated.")] = "128",
+    new_tokens: Annotated[int, typer.Option("--new-tokens", rich_help_panel="Benchmark", help="--generate: new tokens per generation.")] = 64,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
     list_backends: Annotated[bool, _hidden("--list")] = False,
 ) -> None:
     """Benchmark backends on the same inputs over a batch x sequence sweep, checked against eager fp32,
-    in interleaved rounds."""
+    in interleaved rounds. With --generate: greedy generation (time to first token, time per output
+    token, tokens/s, peak memory, token parity) over a batch x prompt-length sweep."""
     if list_backends:
         backends_list(json_out=json_out)
+        return
+    if generate:
+        # Options of the one-forward benchmark that generation does not take: refused, not ignored.
+        ignored = [flag for flag, given in (("--seq (the prompt is --prompt-len)", seq != "128"), ("--iters", iters is not None),
+                                            ("--time", seconds is not None), (f"--device {device}", device not in ("cpu", "auto")),
+                                            ("--task", task is not None)) if given]
+        if ignored:
+            _fail(BenchOptionError(f"--generate does not take {', '.join(ignored)}: it generates on the CPU, "
+                                   "timed over interleaved rounds (--rounds)"))
+        _bench_generate(model, backends, batch, prompt_len, new_tokens, rounds, threads, output, json_out, quiet, verbose)
         return
     with _job(quiet, verbose) as progress:
         from fxbench.jobs import default_report_dir, run_benchmark
@@ -548,17 +571,40 @@ def bench(
             load=_load_options(revision, cache_dir, token, trust_remote_code),
         )
         paths = write_reports(result, output or default_report_dir(model, result))
+    _bench_output(result, json_out, lambda: bench_report(result), lambda: print_bench(out, result, paths["json"].parent, warnings=err), paths["json"])
+
+
+def _bench_generate(model: str | None, backends: list[str] | None, batch: str, prompt_len: str, new_tokens: int, rounds: int,
+                    threads: int | None, output: Path | None, json_out: bool, quiet: bool, verbose: int) -> None:
+    """`fxbench bench --generate`: the generation benchmark, its table and report.json / report.md."""
+    from fxbench.jobs.generate import default_generation_dir, run_generation_benchmark
+    from fxbench.reports.generation import render_generation_table, write_generation_reports
+    from fxbench.runtime.generation import GenerationSettings
+
+    with _job(quiet, verbose) as progress:
+        names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
+        # Interleaved rounds are what make ratios hold here: at least 3.
+        settings = GenerationSettings(batches=tuple(_int_list(batch, "batch")), prompt_lengths=tuple(_int_list(prompt_len, "prompt-len")),
+                                      new_tokens=new_tokens, rounds=max(3, rounds), threads=threads)
+        result = run_generation_benchmark(model, names, settings, events=progress, command=sys.argv)
+        paths = write_generation_reports(result, output or default_generation_dir(model, result))
+    _bench_output(result, json_out, lambda: result, lambda: (out.print(render_generation_table(result)),
+                                                              out.print(f"[bold]{paths['json'].parent}[/]: report.json, report.md")), paths["json"])
+
+
+def _bench_output(result: Any, json_out: bool, record: Callable[[], Any], show: Callable[[], Any], report: Path) -> None:
+    """A benchmark's JSON or its tables and the files written; exit 1 if any backend run failed."""
     if json_out:
-        _json(bench_report(result))
+        _json(record())
     else:
-        print_bench(out, result, paths["json"].parent, warnings=err)
+        show()
     failed = result.failures()
     if failed:
         first = failed[0]
         who = getattr(first, "label", None) or getattr(first, "backend", "")
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         print(f"error: {len(failed)} backend run(s) failed, the others were timed: {who}: {' '.join(first.reason.split())[:240]}"
-              f"{more}; {paths['json']} says why for each", file=sys.stderr)
+              f"{more}; {report} says why for each", file=sys.stderr)
         raise typer.Exit(1)
 
 

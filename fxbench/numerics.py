@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["OutputParity", "Parity", "Tolerance", "compare", "cosine", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "int4")
 
 
 def _as_float64(x: Any) -> torch.Tensor:
@@ -138,6 +138,8 @@ class Tolerance:
         "fp16": (0.999, 5e-2),
         "int8": (0.98, math.inf),
         "fp8": (0.97, math.inf),
+        # 4-bit weights (16 levels per group): what group-wise int4 does to a decoder's logits.
+        "int4": (0.95, math.inf),
     }
 
     @classmethod

@@ -6,7 +6,7 @@ __all__ = ["TASK_NAMES", "task_help"]
 
 # The keys of fxbench.models.tasks.TASKS, in its order (a test holds the two equal).
 TASK_NAMES: tuple[str, ...] = (
-    "text-generation", "text2text-generation", "fill-mask", "text-classification", "token-classification",
+    "text-generation", "text-generation-with-past", "text2text-generation", "fill-mask", "text-classification", "token-classification",
     "question-answering", "multiple-choice", "next-sentence-prediction", "image-classification", "object-detection",
     "semantic-segmentation", "instance-segmentation", "universal-segmentation", "image-segmentation", "depth-estimation",
     "masked-im", "image-to-image", "zero-shot-image-classification", "image-text-to-text", "automatic-speech-recognition",

@@ -10,7 +10,7 @@ from tiny_decoders import DECODERS, UNSUPPORTED, captured_decoder, prompts, tiny
 from fxbench.errors import CaptureError
 from fxbench.models import LoadedModel
 from fxbench.models.decoder import cache_layout, capture_with_past, eager_with_cache, load_for_generation, onnx_name
-from fxbench.models.generation import capture_steps, greedy_generate, stop_tokens
+from fxbench.runtime.generation import capture_steps, greedy_generate, stop_tokens
 
 FAMILIES = list(DECODERS)
 # (kv heads, head dim, layer kinds) the tiny configs imply.
@@ -91,7 +91,7 @@ def test_with_past_program_structure_numerics_and_greedy_parity(family):
     assert expected.shape == (2, 6 + 16)
     eos, pad = stop_tokens(cap.loaded.model.generation_config)
     for backend, step in capture_steps(cap).items():
-        out = greedy_generate(step, cap.layout, cap.eager.token_names, ids, mask, max_new_tokens=16, eos_token_ids=eos, pad_token_id=pad)
+        out = greedy_generate(step, ids, mask, max_new_tokens=16, eos_token_ids=eos, pad_token_id=pad)
         assert torch.equal(out.tokens, expected), backend
         assert len(out.step_seconds) == 16 and out.time_to_first_token > 0
 

@@ -164,7 +164,7 @@ def test_embed_layer_norm_fusion_structure_numerics_idempotence_and_negative(tmp
     assert embed_layer_norm_rules().apply_to_model(negative) == 0
     # fuse_for_ort reports the embedding fusion among its counts.
     _, counts = fuse_for_ort(ir.from_proto(proto), skip=("xformers",))
-    assert counts == {"embed_layer_normalization": 1, "dequantized_weight_transposes": 0}
+    assert counts == {"embed_layer_normalization": 1, "dequantized_weight_transposes": 0, "group_query_attention_with_past": 0}
 
 
 def _dequantized_linears_model() -> onnx.ModelProto:

@@ -11,15 +11,15 @@ from fxbench.exporters.aoti import require_aoti
 from fxbench.exporters.checks import ExportSubject
 from fxbench.exporters.onnx_past import (
     TOTAL_AXIS,
-    PastOnnxRunner,
     decoder_checks,
     export_onnx_ort_with_past,
     export_onnx_with_past,
 )
 from fxbench.models.decoder import eager_with_cache
-from fxbench.models.generation import capture_steps, greedy_generate, stop_tokens
+from fxbench.runtime.generation import OrtStep, TorchStep, capture_steps, greedy_generate, stop_tokens
 from fxbench.numerics import Tolerance, compare
 from fxbench.passes.quantize_int8_weight_only import QuantizeInt8WeightOnly
+from fxbench.passes import create_pass
 from fxbench.passes.runner import run_pipeline
 
 NEW_TOKENS = 16
@@ -37,7 +37,7 @@ def _eager_generate(cap, ids, mask, **kwargs) -> torch.Tensor:
 def _generate(cap, step, ids, mask, **kwargs):
     eos, pad = stop_tokens(cap.loaded.model.generation_config)
     kwargs = {"eos_token_ids": eos, "pad_token_id": pad, **kwargs}
-    return greedy_generate(step, cap.layout, cap.eager.token_names, ids, mask, max_new_tokens=NEW_TOKENS, **kwargs)
+    return greedy_generate(step, ids, mask, max_new_tokens=NEW_TOKENS, **kwargs)
 
 
 def test_generation_stops_at_eos_and_pads_as_generate_does():
@@ -53,12 +53,14 @@ def test_generation_stops_at_eos_and_pads_as_generate_does():
     assert int(out.new_tokens[0, at]) == eos and (out.new_tokens[0, at + 1:] == 0).all() and out.new_tokens.shape[1] > at + 1
 
 
-# Which of onnxscript's ORT attention fusions fire on transformers 5 graphs: MultiHeadAttention
-# takes the past itself where there is no rotary embedding and no kv-head repeat (GPT-2); with
-# rotary and GQA (Mistral) the attention core alone fuses, the past concatenated before it.
+# Which attention fusions fire on transformers 5 graphs: onnxscript's MultiHeadAttention takes the
+# past itself where there is no rotary embedding and no kv-head repeat (GPT-2); with rotary and GQA
+# (Mistral) onnxscript fuses the attention core alone, over an in-graph concat of the past, and
+# fxbench's rewrite (onnx_fusions.fuse_group_query_attention) turns that into GroupQueryAttention
+# taking the past, with the model's sliding-window mask as its attention bias.
 EXPECTED_ATTENTION = {
     "gpt2": {"MultiHeadAttention": 2, "GroupQueryAttention": 0, "taking_past": 2},
-    "mistral": {"MultiHeadAttention": 2, "GroupQueryAttention": 0, "taking_past": 0},
+    "mistral": {"MultiHeadAttention": 0, "GroupQueryAttention": 2, "taking_past": 2},
 }
 
 
@@ -101,8 +103,41 @@ def test_onnx_with_past_names_axes_ort_parity_fusions_and_greedy_tokens(family, 
     ids, mask = prompts()
     expected = _eager_generate(cap, ids, mask)
     for artifact in (plain, fused):
-        runner = PastOnnxRunner(tmp_path / artifact.file, ["CPUExecutionProvider"])
-        assert torch.equal(_generate(cap, runner, ids, mask).tokens, expected), artifact.file
+        step = OrtStep(tmp_path / artifact.file, cap.layout, cap.eager.token_names)
+        assert torch.equal(_generate(cap, step, ids, mask).tokens, expected), artifact.file
+
+
+# Every fp32 pass of the presets, the reduced-precision ones, and both weight-only quantizations,
+# each alone on the with-past graph (int8 weight-only has its own test below).
+CACHE_GRAPH_PASSES = {
+    "remove-noops": "fp32", "fuse-attention": "fp32", "fold-batchnorm": "fp32", "merge-qkv": "fp32", "fold-constants": "fp32",
+    "eliminate-common-subexpressions": "fp32", "eliminate-dead-code": "fp32", "to-fp16": "fp16", "to-bf16": "bf16",
+    "quantize-int4-weight-only:group_size=32": "int4",
+}
+
+
+@pytest.mark.parametrize("spec", list(CACHE_GRAPH_PASSES))
+def test_every_pass_runs_on_the_cache_graph_verified_on_logits_and_presents(spec):
+    """Each pass on the with-past graph: verified (strict) on the logits and every present key and
+    value, the past/present I/O kept, and within its precision's tolerance of eager at a prefill
+    and a decode step the sample never had."""
+    cap = captured_decoder("llama")
+    precision = CACHE_GRAPH_PASSES[spec]
+    result = run_pipeline(cap.graph_module(), [create_pass(spec)], inputs=dict(cap.inputs.tensors), reference=cap.reference,
+                          output_names=cap.output_names, strict=True)
+    record = result.records[0]
+    assert record.status in ("applied", "unchanged") and result.precision == precision
+    assert [o.name for o in result.parity.outputs] == list(cap.output_names)  # logits and every present
+    tolerance = Tolerance.for_precision(precision)
+    for batch, seq, past in ((1, 11, 0), (3, 1, 9)):
+        inputs = cap.step_inputs(batch, seq, past, seed=7)
+        with torch.no_grad():
+            got = tuple(result.module(**inputs))
+        parity = compare(got, cap.run_eager(inputs), cap.output_names)
+        assert len(got) == len(cap.output_names) and tolerance.accepts(parity), (spec, batch, seq, past, parity.brief())
+        assert got[1].shape == (batch, cap.layout.kv_heads[0], past + seq, cap.layout.head_dims[0])
+        # The past passes through unchanged (at fp16/bf16 it is the same values in the program's precision).
+        torch.testing.assert_close(got[1][:, :, :past].float(), inputs["past_key_values_0_key"], rtol=1e-2, atol=1e-2)
 
 
 def test_int8_weight_only_runs_on_the_cache_graph():
@@ -134,12 +169,16 @@ def test_aoti_package_of_the_program_runs_prefill_and_decode(tmp_path):
     torch._inductor.aoti_compile_and_package(cap.exported, package_path=str(path))
     runner = torch._inductor.aoti_load_package(str(path))
 
-    def step(feeds):
-        return runner(**feeds)
-
+    step = TorchStep(runner, cap.layout, cap.eager.token_names)
     inputs = cap.step_inputs(3, 1, 9, seed=4)
-    got = step(inputs)
+    got = runner(**inputs)
     ref = eager_with_cache(cap.loaded.model, cap.layout, inputs)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
     ids, mask = prompts()
-    assert torch.equal(_generate(cap, step, ids, mask).tokens, _eager_generate(cap, ids, mask))
+    free = _generate(cap, step, ids, mask, keep_logits=True)
+    assert torch.equal(free.tokens, _eager_generate(cap, ids, mask))
+    # Teacher forced with its own tokens (each fed as a column of a [batch, new] tensor, a strided
+    # view): the runner reads its inputs at the compiled strides, so the loop must feed contiguous ones.
+    forced = greedy_generate(step, ids, mask, max_new_tokens=NEW_TOKENS, keep_logits=True, forced=free.new_tokens)
+    assert torch.equal(forced.tokens, free.tokens)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(forced.logits, free.logits))

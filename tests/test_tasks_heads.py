@@ -123,8 +123,10 @@ def test_optimum_task_names_are_synonyms(tmp_path):
     with pytest.raises(ModelLoadError, match="weights do not fit .*BertForMultipleChoice.*pick the --task") as info:
         load_model(str(save_head(_multiple_choice, tmp_path / "mc")), "sequence-classification")
     assert "\n" not in str(info.value)
-    with pytest.raises(ModelLoadError, match="without a KV cache: use --task text-generation\\)"):
-        canonical_task("causal-lm-with-past")
+    # Optimum's with-past names: the causal LM's is fxbench's with-past task; an encoder-decoder's is refused.
+    assert canonical_task("causal-lm-with-past") == canonical_task("text-generation-with-past") == "text-generation-with-past"
+    with pytest.raises(ModelLoadError, match="decoder-only LMs only, --task text-generation-with-past; without one: --task text2text-generation\\)"):
+        canonical_task("seq2seq-lm-with-past")
     with pytest.raises(ModelLoadError, match="unknown task 'depth'"):
         canonical_task("depth")
 

@@ -14,9 +14,10 @@ from torch.export import ExportedProgram
 from fxbench.errors import VerificationError
 from fxbench.exporters.base import Artifact
 from fxbench.models import CapturedProgram, run_module
+from fxbench.models.decoder import DecoderCapture
 from fxbench.numerics import Parity, Tolerance, compare
 
-__all__ = ["Check", "ExportSubject", "build_checks", "second_inputs", "second_shape", "verify"]
+__all__ = ["Check", "ExportSubject", "build_checks", "decoder_checks", "second_inputs", "second_shape", "verify"]
 
 Runner = Callable[[Mapping[str, torch.Tensor]], Sequence[Any]]
 
@@ -102,11 +103,32 @@ def _check_name(captured: CapturedProgram, batch: int, seq: int | None, sizes: M
     return name
 
 
+def decoder_checks(subject: ExportSubject, *, prefill: tuple[int, int] = (1, 11), decode: tuple[int, int] = (3, 9)) -> tuple[Check, ...]:
+    """A with-past capture's checks: its sample, a prefill (batch, seq, no past) and a one-token
+    decode (batch, past): shapes the capture never saw, each with its reference computed once."""
+    captured = subject.captured
+    if not isinstance(captured, DecoderCapture):
+        raise VerificationError("decoder checks take a with-past capture (fxbench.models.decoder.capture_with_past)")
+    sample_ref = captured.reference if not subject.rebased else subject.reference(captured.inputs.tensors)
+    checks = [Check("sample", dict(captured.inputs.tensors), tuple(sample_ref))]
+    shapes = {
+        f"prefill_batch{prefill[0]}_seq{prefill[1]}": (prefill[0], prefill[1], 0),
+        f"decode_batch{decode[0]}_past{decode[1]}": (decode[0], 1, decode[1]),
+    }
+    for seed, (name, (batch, seq, past)) in enumerate(shapes.items(), start=1):
+        inputs = captured.step_inputs(batch, seq, past, seed=seed)
+        checks.append(Check(name, inputs, subject.reference(inputs)))
+    return tuple(checks)
+
+
 def build_checks(subject: ExportSubject, batch: int = 3, seq: int = 40) -> tuple[Check, ...]:
     """The sample inputs, and (for dynamic programs) inputs at a second shape made the same way (a
     non-square image size and another audio length the capture never saw, where those axes are
-    dynamic), each with its reference outputs computed once for every artifact."""
+    dynamic), each with its reference outputs computed once for every artifact. A with-past capture is
+    checked at a prefill and a decode step instead (`decoder_checks`)."""
     captured = subject.captured
+    if isinstance(captured, DecoderCapture):
+        return decoder_checks(subject)
     sample = dict(captured.inputs.tensors)
     sample_ref = captured.reference if not subject.rebased else subject.reference(sample)
     checks = [Check("sample", sample, tuple(sample_ref))]

@@ -38,6 +38,9 @@ class ExportOptions:
     timing_cache: Path | None = None
     check_batch: int = 3
     check_seq: int = 40
+    # onnx-ort's MatMulNBits (int4 weights): None is ORT's default, 4 (int8 activations in the
+    # kernel); 0 keeps activations fp32.
+    nbits_accuracy_level: int | None = None
 
     def __post_init__(self) -> None:
         validate_opset(self.opset)
@@ -50,6 +53,8 @@ class ExportOptions:
             raise ExportError(f"unknown precision {self.tensorrt_precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.check_batch < 1 or self.check_seq < 1:
             raise ExportError("the check shape must be positive")
+        if self.nbits_accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise ExportError(f"MatMulNBits accuracy level {self.nbits_accuracy_level} is not one of 0-4")
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,20 @@ def _brief(artifact: Artifact) -> str:
         return artifact.file
     below = "; below its tolerance, kept as a baseline" if artifact.details.get("meets_tolerance") is False else ""
     return (f"{artifact.file}: {checks} cos>={worst['cosine']:.6f} "
-            f"max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}{below}")
+            f"max_rel<={max(p['max_rel_error'] for p in artifact.parity.values()):.2g}{below}{_fused(artifact.details)}")
+
+
+def _fused(details: dict[str, Any]) -> str:
+    """Which fused ops an ORT artifact holds (and whether its attention takes the past): the step line says what fired."""
+    ops = dict(details.get("fused_ops") or {})
+    nbits = (details.get("matmul_nbits") or {}).get("count")
+    if nbits:
+        ops["MatMulNBits"] = nbits
+    if not ops:
+        return "; no fusion fired" if "fused_ops" in details else ""
+    taking = (details.get("attention") or {}).get("taking_past")
+    past = f" ({taking} taking the past)" if taking else ""
+    return "; fused: " + ", ".join(f"{name} x{count}{past if name.endswith('Attention') else ''}" for name, count in ops.items())
 
 
 def export_artifacts(

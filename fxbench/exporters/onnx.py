@@ -25,8 +25,10 @@ from fxbench.environment import package_version
 from fxbench.errors import BackendUnavailableError, ExportError
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import Check, ExportSubject, verify
+from fxbench.exporters.onnx_int4 import ACCURACY_LEVEL_OPTION, INT4_OPSET, has_int4, int4_translations, lower_int4_matmuls
 from fxbench.exporters.storage import ensure_space
 from fxbench.exporters.targets import target_file
+from fxbench.models.decoder import onnx_name
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -111,6 +113,8 @@ class OnnxRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def feeds(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        # A with-past program names its past past_key_values_0_key; its ONNX file, past_key_values.0.key.
+        tensors = {onnx_name(k): v for k, v in tensors.items()}
         missing = [name for name in self.inputs if name not in tensors]
         if missing:
             raise ExportError(f"{self.path.name} wants inputs {', '.join(missing)} that the capture does not have")
@@ -209,6 +213,7 @@ def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
     # torch.onnx renames the symbolic dims (s18, s41) only when it is handed names; with an
     # ExportedProgram the names are all it uses of `dynamic_shapes`.
     axis_names = _axis_names(subject)
+    int4 = has_int4(subject.program)
     try:
         with contextlib.redirect_stdout(io.StringIO()), _quiet_registry():
             program = torch.onnx.export(
@@ -218,7 +223,7 @@ def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
                 output_names=list(subject.output_names),
                 opset_version=opset,
                 dynamic_shapes=axis_names or None,
-                custom_translation_table=translations(opset),
+                custom_translation_table={**translations(opset), **(int4_translations() if int4 else {})},
                 optimize=True,
                 verbose=False,
                 report=False,
@@ -226,6 +231,8 @@ def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
     except Exception as exc:  # noqa: BLE001 - torch.onnx raises many types; all become one line
         raise _conversion_error(exc) from exc
     model = program.model
+    if int4:
+        lower_int4_matmuls(model)
     got = model.opset_imports.get("", None)
     if got != opset:
         raise ExportError(f"torch.onnx produced opset {got} instead of {opset}; its version converter failed, use --opset {DEFAULT_OPSET}")
@@ -246,6 +253,17 @@ def _check_axes(model: ir.Model, subject: ExportSubject) -> dict[str, list[Any]]
     if tuple(names) != subject.input_names:
         raise ExportError(f"ONNX inputs {names} differ from the model's {list(subject.input_names)}")
     return shapes
+
+
+def _int4_details(model: ir.Model, asked: int) -> dict[str, Any]:
+    blocks = [n.attributes.get_int("block_size") for n in model.graph.all_nodes()
+              if n.op_type == "DequantizeLinear" and n.inputs[0] is not None and n.inputs[0].dtype == ir.DataType.UINT4]
+    return {"int4": {
+        "form": "DequantizeLinear(uint4 [K, N], block_size, axis 0) + MatMul: ONNX Runtime fuses it into MatMulNBits",
+        "dequantize_linear": len(blocks), "block_size": sorted(set(blocks)),
+        "opset_raised_from": asked if asked < INT4_OPSET else None,
+        "exact_with": {ACCURACY_LEVEL_OPTION: "0 (fp32 activations); ORT's default, 4, quantizes activations to int8"},
+    }}
 
 
 def save_onnx(model: ir.Model, path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> str | None:
@@ -283,10 +301,13 @@ def export_onnx(
     start = time.perf_counter()
     validate_opset(opset)
     providers = ort_providers(device)
+    int4 = has_int4(subject.program)
     asked = opset
     if dynamic_quantize_ops(subject.program) and opset < DYNAMIC_QUANTIZE_OPSET:
         # Run-time row scales need blocked QuantizeLinear (21); 23 also brings ONNX's Attention.
         opset = DYNAMIC_QUANTIZE_OPSET
+    if int4:
+        opset = max(opset, INT4_OPSET)  # blocked int4 DequantizeLinear is opset 21's
     model = _to_onnx(subject, opset)
     shapes = _check_axes(model, subject)
     renamed = rename(model) if rename is not None else None
@@ -302,6 +323,7 @@ def export_onnx(
     parity = verify(runner, checks, subject, f"{path.name} in ONNX Runtime")
     details = {
         **({"renamed": renamed} if renamed is not None else {}),
+        **(_int4_details(model, asked) if int4 else {}),
         "opset": opset,
         **({"opset_raised_from": asked, "opset_raised_for": "run-time int8 activation scales"} if opset != asked else {}),
         "ir_version": model.ir_version,

@@ -19,6 +19,7 @@ __all__ = [
     "embed_layer_norm_rules",
     "fold_dequantized_weight_transposes",
     "fuse_for_ort",
+    "fuse_group_query_attention",
     "has_dequantized_weights",
 ]
 
@@ -230,6 +231,116 @@ def has_dequantized_weights(model: ir.Model) -> bool:
     )
 
 
+def _op(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+
+def _cached_heads(value: ir.Value) -> tuple[ir.Node, int] | None:
+    """The Concat(past, new) on the sequence axis that `value`, MultiHeadAttention's key or value
+    input ([batch, total, heads * head size]), was made from, and the number of kv heads: the
+    chain Reshape(Transpose(present, perm 0,2,1,3)) of a model whose kv heads are its heads, or
+    with transformers' repeat_kv between them (Unsqueeze, Expand, Reshape) for grouped-query
+    attention. The Concat's output must be a graph output (the present) and its past a graph input."""
+    reshape = _op(value, "Reshape")
+    transpose = _op(reshape.inputs[0] if reshape else None, "Transpose")
+    if transpose is None or list(transpose.attributes.get_ints("perm", ())) != [0, 2, 1, 3]:
+        return None
+    heads_in = transpose.inputs[0]
+    repeat = _op(heads_in, "Reshape")
+    if repeat is not None:
+        expand = _op(repeat.inputs[0], "Expand")
+        unsqueeze = _op(expand.inputs[0] if expand else None, "Unsqueeze")
+        if unsqueeze is None:
+            return None
+        heads_in = unsqueeze.inputs[0]
+    concat = _op(heads_in, "Concat")
+    if concat is None or len(concat.inputs) != 2 or concat.attributes.get_int("axis", 0) not in (2, -2):
+        return None
+    past, present = concat.inputs[0], concat.outputs[0]
+    if not (past.is_graph_input() and present.is_graph_output()) or present.shape is None or present.shape.rank() != 4:
+        return None
+    kv_heads = present.shape[1]
+    return (concat, kv_heads) if isinstance(kv_heads, int) else None
+
+
+def fuse_group_query_attention(model: ir.Model) -> int:
+    """MultiHeadAttention over a cache concatenated in the graph into ORT's GroupQueryAttention
+    that takes the past itself and returns the presents (the with-past form of a decoder).
+
+    Rules:
+    1. MultiHeadAttention(q, K, V) with no past of its own and an attention bias [batch or 1, 1,
+       seq, total], where K and V are the presents (Concat of a past graph input and the new
+       keys / values, BNSH, a graph output), transposed to [batch, total, hidden], with or without
+       repeat_kv (`_cached_heads`); GQA takes kv_num_heads = the presents' heads.
+    2. The new keys and values go in as [batch, seq, kv heads * head size]; the rotary embedding
+       stays where the model applies it (do_rotary=0), and the bias keeps the model's own mask:
+       causal, padding (left padding included) and a sliding window, so no mask is derived from
+       positions.
+    3. seqlens_k is total - 1 for every row and total_sequence_length is total (the bias's last
+       axis): the kernel's causal rule then runs over the padded positions, as the model's does,
+       and the bias masks the padding.
+    4. GroupQueryAttention's present_key / present_value become the graph's presents.
+    Why: onnxscript's GQA fusion expects rotary as a MatMul/Transpose and an additive mask from
+    positions; on transformers 5 graphs it never fires, and its seqlens from position ids break
+    left padding.
+    """
+    fused = 0
+    for node in list(model.graph):
+        if node.domain != "com.microsoft" or node.op_type != "MultiHeadAttention":
+            continue
+        inputs = list(node.inputs) + [None] * (8 - len(node.inputs))
+        query, key, value, _bias_qkv, _padding, bias, past_k, past_v = inputs[:8]
+        if past_k is not None or past_v is not None or bias is None or bias.shape is None or bias.shape.rank() != 4:
+            continue
+        if len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
+            continue
+        found_k, found_v = _cached_heads(key), _cached_heads(value)
+        if found_k is None or found_v is None or found_k[1] != found_v[1]:
+            continue
+        (concat_k, kv_heads), (concat_v, _) = found_k, found_v
+        heads = node.attributes.get_int("num_heads")
+        head_size = concat_k.outputs[0].shape[3]
+        if not isinstance(head_size, int) or heads % kv_heads or (query.shape is not None and query.shape.rank() != 3):
+            continue
+        new: list[ir.Node] = []
+
+        def add(op: str, args: list, **attributes: object) -> ir.Value:
+            n = ir.node(op, args, attributes=attributes)
+            new.append(n)
+            return n.outputs[0]
+
+        def const(values: list[int]) -> ir.Value:
+            return add("Constant", [], value=ir.tensor(np.array(values, dtype=np.int64)))
+
+        def as_bsd(bnsh: ir.Value) -> ir.Value:
+            return add("Reshape", [add("Transpose", [bnsh], perm=[0, 2, 1, 3]), const([0, 0, kv_heads * head_size])])
+
+        total = add("Shape", [bias], start=3, end=4)  # [total]
+        batch = add("Shape", [query], start=0, end=1)  # [batch]
+        seqlens = add("Cast", [add("Expand", [add("Sub", [total, const([1])]), batch])], to=ir.DataType.INT32)
+        total_scalar = add("Cast", [add("Squeeze", [total])], to=ir.DataType.INT32)
+        # Every new token is valid: query_seqlens = seq per row lets the kernel take a chunk after a
+        # past at any batch (without it, the CPU kernel takes seq > 1 after a past at batch 1 only).
+        chunk = add("Cast", [add("Expand", [add("Shape", [query], start=1, end=2), batch])], to=ir.DataType.INT32)
+        gqa = ir.node(
+            "GroupQueryAttention",
+            [query, as_bsd(concat_k.inputs[1]), as_bsd(concat_v.inputs[1]), concat_k.inputs[0], concat_v.inputs[0], seqlens,
+             total_scalar, None, None, None, bias, None, None, None, None, None, chunk],
+            attributes={"num_heads": heads, "kv_num_heads": kv_heads}, domain="com.microsoft", num_outputs=3,
+        )
+        model.graph.insert_before(node, [*new, gqa])
+        for old, out in ((node.outputs[0], gqa.outputs[0]), (concat_k.outputs[0], gqa.outputs[1]), (concat_v.outputs[0], gqa.outputs[2])):
+            out.shape, out.type, name = old.shape, old.type, old.name
+            old.replace_all_uses_with(out, replace_graph_outputs=True)
+            old.name, out.name = f"{name}_unfused", name  # the presents keep their names (present.0.key)
+        model.graph.remove(node, safe=True)
+        fused += 1
+    if fused:
+        ir.passes.common.RemoveUnusedNodesPass()(model)
+    return fused
+
+
 @contextlib.contextmanager
 def _without_packed_attention() -> Iterator[None]:
     """onnxscript's last attention fusion packs the q, k and v projections into one Attention op
@@ -277,4 +388,6 @@ def fuse_for_ort(model: ir.Model, *, skip: Sequence[str] = ()) -> tuple[ir.Model
             model, more = optimize_for_ort(model)
         counts.update(more)
         counts["attention_reflatten"] = _reflatten_attention_outputs(model)
+    if "group_query_attention" not in skip:
+        counts["group_query_attention_with_past"] = fuse_group_query_attention(model)
     return model, counts

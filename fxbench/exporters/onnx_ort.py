@@ -17,6 +17,7 @@ from fxbench.exporters.checks import Check, ExportSubject, verify
 from fxbench.exporters.onnx import EXTERNAL_DATA_THRESHOLD, OnnxRunner, onnx_files, ort_providers, save_onnx, stored_details
 from fxbench.exporters.storage import ensure_space
 from fxbench.exporters.onnx_fusions import contrib_op_counts, fuse_for_ort
+from fxbench.exporters.onnx_int4 import ACCURACY_LEVEL_OPTION
 from fxbench.exporters.targets import target_file
 
 __all__ = ["DEFAULT_LEVEL", "ORT_LEVELS", "OrtOptimization", "export_onnx_ort", "optimize_offline"]
@@ -67,6 +68,7 @@ def optimize_offline(
     level: str = DEFAULT_LEVEL,
     fusions: bool = True,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    nbits_accuracy_level: int | None = None,
 ) -> OrtOptimization:
     """Transformer fusions (onnxscript's ORT rules plus fxbench's), then ONNX Runtime's graph
     optimizations at `level` for `provider`, written by ORT itself to `destination`."""
@@ -82,6 +84,9 @@ def optimize_offline(
     options.log_severity_level = 3
     options.graph_optimization_level = ORT_LEVELS[level]
     options.optimized_model_filepath = str(destination)
+    if nbits_accuracy_level is not None:
+        # The MatMulNBits that ORT fuses from int4 DequantizeLinear + MatMul takes this level.
+        options.add_session_config_entry(ACCURACY_LEVEL_OPTION, str(nbits_accuracy_level))
     ensure_space(destination.parent, sum(f.stat().st_size for f in onnx_files(start_from)) + 2**20, destination.name)
     if len(onnx_files(Path(source))) > 1:
         # Keep large weights out of the protobuf, as in the source model.
@@ -97,6 +102,16 @@ def optimize_offline(
     return OrtOptimization(destination, provider, level, applied, contrib_op_counts(model))
 
 
+def _nbits_details(model: ir.Model) -> dict[str, Any]:
+    """The MatMulNBits ORT fused from int4 weights, and the accuracy level each runs at."""
+    levels = [n.attributes.get_int("accuracy_level", 0) for n in model.graph.all_nodes() if n.op_type == "MatMulNBits"]
+    if not levels:
+        return {}
+    return {"matmul_nbits": {"count": len(levels), "accuracy_level": sorted(set(levels)),
+                             "note": f"accuracy_level 4 quantizes activations to int8 in the kernel; {ACCURACY_LEVEL_OPTION}=0 "
+                                     "(ExportOptions.nbits_accuracy_level) keeps them fp32"}}
+
+
 def export_onnx_ort(
     subject: ExportSubject,
     onnx_path: Path,
@@ -107,6 +122,7 @@ def export_onnx_ort(
     level: str = DEFAULT_LEVEL,
     fusions: bool = True,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    nbits_accuracy_level: int | None = None,
 ) -> Artifact:
     """The onnx-ort target's file (model.ort.onnx; model.ort-cuda.onnx): the ONNX export fused and
     optimized offline for one execution provider, checked against eager with ORT's own optimizations
@@ -124,7 +140,7 @@ def export_onnx_ort(
     for fuse in ([True, False] if fusions else [False]):
         try:
             result = optimize_offline(onnx_path, destination, provider=providers[0], level=level, fusions=fuse,
-                                      external_data_threshold=external_data_threshold)
+                                      external_data_threshold=external_data_threshold, nbits_accuracy_level=nbits_accuracy_level)
             runner = OnnxRunner(destination, providers, as_stored)
             parity = verify(runner, checks, subject, f"{destination.name} in ONNX Runtime")
             break
@@ -137,6 +153,7 @@ def export_onnx_ort(
             if isinstance(exc, VerificationError):
                 raise
             raise ExportError(f"ONNX Runtime's offline optimization failed: {' '.join(str(exc).split())[:240]}") from exc
+    stored = ir.load(destination)
     details: dict[str, Any] = {
         "source": Path(onnx_path).name,
         "provider": result.provider,
@@ -145,7 +162,8 @@ def export_onnx_ort(
         "fused_ops": result.contrib_ops,
         "fusions_rolled_back": rolled_back,
         **({"session_options": _INT8_SESSION} if result.fusions.get("DynamicQuantizeMatMul") or result.fusions.get("MatMulIntegerToFloat") else {}),
-        **stored_details(destination, ir.load(destination)),
+        **_nbits_details(stored),
+        **stored_details(destination, stored),
         "onnxruntime": ort.__version__,
     }
     return subject.artifact("onnx-ort", destination, device, parity, details, started=start)

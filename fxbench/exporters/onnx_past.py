@@ -12,7 +12,7 @@ import torch
 
 from fxbench.errors import ExportError
 from fxbench.exporters.base import Artifact
-from fxbench.exporters.checks import Check, ExportSubject
+from fxbench.exporters.checks import Check, ExportSubject, decoder_checks
 from fxbench.exporters.onnx import OnnxRunner, _shape_text, export_onnx
 from fxbench.exporters.onnx_fusions import contrib_op_counts
 from fxbench.exporters.onnx_ort import export_onnx_ort
@@ -37,32 +37,14 @@ def _decoder(subject: ExportSubject) -> DecoderCapture:
     return subject.captured
 
 
-def decoder_checks(subject: ExportSubject, *, prefill: tuple[int, int] = (1, 11), decode: tuple[int, int] = (3, 9)) -> tuple[Check, ...]:
-    """The capture's sample, a prefill (batch, seq, no past) and a one-token decode (batch, past):
-    shapes the capture never saw, each with its reference computed once for every artifact."""
-    captured = _decoder(subject)
-    sample_ref = captured.reference if not subject.rebased else subject.reference(captured.inputs.tensors)
-    checks = [Check("sample", dict(captured.inputs.tensors), tuple(sample_ref))]
-    shapes = {
-        f"prefill_batch{prefill[0]}_seq{prefill[1]}": (prefill[0], prefill[1], 0),
-        f"decode_batch{decode[0]}_past{decode[1]}": (decode[0], 1, decode[1]),
-    }
-    for seed, (name, (batch, seq, past)) in enumerate(shapes.items(), start=1):
-        inputs = captured.step_inputs(batch, seq, past, seed=seed)
-        checks.append(Check(name, inputs, subject.reference(inputs)))
-    return tuple(checks)
-
-
 def onnx_checks(checks: Sequence[Check]) -> tuple[Check, ...]:
     """The same checks with their inputs under the ONNX names, for runners that feed by name."""
     return tuple(dataclasses.replace(c, inputs={onnx_name(k): v for k, v in c.inputs.items()}) for c in checks)
 
 
 class PastOnnxRunner(OnnxRunner):
-    """An ONNX Runtime session of a with-past model, fed from tensors under the program's names."""
-
-    def feeds(self, tensors: Mapping[str, torch.Tensor]):  # noqa: ANN201 - OnnxRunner's
-        return super().feeds({onnx_name(k): v for k, v in tensors.items()})
+    """An ONNX Runtime session of a with-past model, fed from tensors under the program's names
+    (OnnxRunner maps them to Optimum's itself; the name stays for callers that say what they run)."""
 
 
 def _rename(model: ir.Model) -> dict[str, str]:

@@ -119,16 +119,27 @@ def _exporter(module: str) -> Any:
     return importlib.import_module(f"fxbench.exporters.{module}")
 
 
+def _with_past(c: ExportContext) -> bool:
+    """A with-past capture (a decoder with its KV cache) exports under Optimum's names (onnx_past)."""
+    from fxbench.models.decoder import DecoderCapture  # when a target is made, not when the table is read
+
+    return isinstance(c.subject.captured, DecoderCapture)
+
+
 def _make_onnx(c: ExportContext) -> Artifact:
     o = c.options
+    if _with_past(c):
+        return _exporter("onnx_past").export_onnx_with_past(c.subject, c.folder, c.checks, opset=o.opset, device=o.device,
+                                                            external_data_threshold=o.external_data_threshold)
     return _exporter("onnx").export_onnx(c.subject, c.folder, c.checks, opset=o.opset, device=o.device,
                                          external_data_threshold=o.external_data_threshold)
 
 
 def _make_onnx_ort(c: ExportContext) -> Artifact:
     o = c.options
-    return _exporter("onnx_ort").export_onnx_ort(c.subject, c.source(), c.folder, c.checks, device=o.device, level=o.ort_level,
-                                                 fusions=o.fusions, external_data_threshold=o.external_data_threshold)
+    make = _exporter("onnx_past").export_onnx_ort_with_past if _with_past(c) else _exporter("onnx_ort").export_onnx_ort
+    return make(c.subject, c.source(), c.folder, c.checks, device=o.device, level=o.ort_level, fusions=o.fusions,
+                external_data_threshold=o.external_data_threshold, nbits_accuracy_level=o.nbits_accuracy_level)
 
 
 def _make_onnx_int8(c: ExportContext) -> Artifact:

@@ -6,6 +6,7 @@ from fxbench.jobs.catalog import pass_catalog
 from fxbench.jobs.compare import compare_runs
 from fxbench.jobs.common import DEVICES, default_device, load_and_capture, pass_context, resolve_device, resolve_model_source
 from fxbench.jobs.export import ExportRequest, ExportResult, export
+from fxbench.jobs.generate import default_generation_dir, run_generation_benchmark
 from fxbench.jobs.inspect import inspect_program, inspect_target
 from fxbench.jobs.optimize import OptimizeRequest, OptimizeResult, optimize, optimize_captured
 
@@ -18,6 +19,7 @@ __all__ = [
     "OptimizeResult",
     "compare_runs",
     "default_device",
+    "default_generation_dir",
     "default_report_dir",
     "export",
     "inspect_program",
@@ -31,4 +33,5 @@ __all__ = [
     "resolve_device",
     "resolve_model_source",
     "run_benchmark",
+    "run_generation_benchmark",
 ]

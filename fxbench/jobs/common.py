@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import fxbench
-from fxbench.errors import BackendUnavailableError, BenchOptionError, ModelLoadError
+from fxbench.errors import BackendUnavailableError, BenchOptionError, CaptureError, ModelLoadError
 from fxbench.events import EventFn, no_events, step
 from fxbench.models import (
     DEMO_MODEL_ID,
@@ -22,6 +22,8 @@ from fxbench.models import (
     demo_model_path,
     load_model,
 )
+from fxbench.models.decoder import DecoderCapture, DecoderDims, capture_with_past, load_for_generation
+from fxbench.models.tasks import WITH_PAST_TASK, canonical_task
 from fxbench.passes import PassContext
 from fxbench.reports.records import ModelRecord, ReportHeader
 
@@ -35,7 +37,9 @@ __all__ = [
     "reload_options",
     "default_output_dir",
     "dims_record",
+    "decoder_dims",
     "export_plan",
+    "generation_task",
     "input_warning",
     "load_and_capture",
     "model_record",
@@ -126,12 +130,49 @@ def default_output_dir(source: str) -> Path:
     return Path("fxbench-out") / (Path(source.rstrip("/")).name or "model")
 
 
+def generation_task(task: str | None, generate: bool) -> str | None:
+    """The task to load: with `generate` (the user asks for generation), a causal LM's with-past
+    task; a task that is no causal LM's is refused in one line, before anything loads."""
+    task = canonical_task(task) if task else None  # Optimum's names too (causal-lm, causal-lm-with-past)
+    if not generate or task == WITH_PAST_TASK:
+        return task
+    if task not in (None, "text-generation"):
+        raise ModelLoadError(f"--generate captures a causal LM with its KV cache; --task {task} is not one (drop --task or use text-generation)")
+    return WITH_PAST_TASK
+
+
+def decoder_dims(dims: DynamicDims) -> DecoderDims:
+    """The with-past ranges from the command's: its batch range, and new tokens from 1 (a decode
+    step) up to its sequence maximum; the past from 0 up to the model's positions."""
+    if dims.static:
+        raise CaptureError(f"--static does not apply to {WITH_PAST_TASK}: the past grows with every token, so its length stays dynamic")
+    return DecoderDims(batch=dims.batch, seq=(1, dims.seq[1]))
+
+
+def _load_and_capture_with_past(source: str | LoadedModel, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
+                                events: EventFn, timings: dict[str, float], load: LoadOptions | None = None) -> DecoderCapture:
+    decoder = decoder_dims(dims)
+    with step(events, "load", timings) as d:
+        loaded = load_for_generation(source, attn_implementation=attn_implementation, options=load)
+        d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
+    with step(events, "capture", timings) as d:
+        # The sample avoids 0 and 1 on every axis (torch.export specializes them): seq new tokens after seq // 2 cached.
+        captured = capture_with_past(loaded, batch=max(2, batch), seq=max(2, seq), past=max(2, seq // 2), dims=decoder)
+        layout = captured.layout
+        d["detail"] = (f"{len(captured.exported.graph.nodes)} nodes, with past: {layout.num_layers} layers x "
+                       f"{layout.kv_heads[0]} kv heads x {layout.head_dims[0]}, past 0 and up")
+    return captured
+
+
 def load_and_capture(
     source: str | LoadedModel, *, task: str | None, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
     events: EventFn = no_events, timings: dict[str, float] | None = None, load: LoadOptions | None = None,
 ) -> CapturedProgram:
-    """Load `source` (or take a model already loaded: an in-memory module) and capture it."""
+    """Load `source` for `task` (or take a model already loaded: an in-memory module) and capture
+    it; the with-past task captures the KV cache as inputs and outputs (fxbench.models.decoder)."""
     timings = timings if timings is not None else {}
+    if task and canonical_task(task) == WITH_PAST_TASK:
+        return _load_and_capture_with_past(source, batch, seq, dims, attn_implementation, events, timings, load)
     with step(events, "load", timings) as d:
         if isinstance(source, LoadedModel):
             loaded = source

@@ -19,6 +19,8 @@ from fxbench.exporters import PROGRAM_FILE, Artifact, load_program, save_program
 from fxbench.jobs.bench import run_benchmark
 from fxbench.jobs.common import default_device, default_output_dir, export_plan, load_and_capture, pass_context, raise_for_failures
 from fxbench.jobs.common import report_header, require_device, resolve_device, resolve_model_source
+from fxbench.jobs.common import generation_task, model_record
+from fxbench.jobs.generate import generation_backends
 from fxbench.jobs.folders import check_output_dir, output_lock, staged_directory
 from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner, relabel
 from fxbench.models import (CapturedProgram, DynamicDims, GraphFault, LoadedModel, LoadOptions, ReexportError, export_graph_module,
@@ -30,7 +32,10 @@ from fxbench.reports.files import write_optimize_reports
 from fxbench.reports.records import BestArtifact, CaptureRecord, OpHistogram, OptimizeReport, ParitySummary, PipelineRecord
 from fxbench.runtime.backends import Backend, folder_backends
 from fxbench.runtime.bench import BenchResult, Choice, Shape, best_artifact
+from fxbench.runtime.generation import GenerationResult, GenerationSettings, GenerationSubject, best_generation, measure_generation
 from fxbench.runtime.harness import Measure, Warmup
+from fxbench.models.decoder import DecoderCapture
+from fxbench.models.tasks import WITH_PAST_TASK
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure, ExportOptions, ExportOutcome
@@ -75,6 +80,11 @@ class OptimizeRequest:
     # when neither a pipeline nor passes are named and the benchmark runs (the plain `fxbench
     # optimize MODEL` ends with its fastest artifact: int8 there), else not.
     search: bool | None = None
+    # Generation: `generate` captures a causal LM with its KV cache (the with-past task); a with-past
+    # capture is benchmarked by greedy generation, bench_shapes as (batch, prompt length), this many new tokens.
+    generate: bool = False
+    new_tokens: int = 32
+    min_token_agreement: float = 0.9  # the accuracy budget's token agreement (teacher forced) for a generation benchmark
 
 
 @dataclass
@@ -88,6 +98,7 @@ class OptimizeResult:
     bench: BenchResult | None = None
     best: Choice | None = None
     candidates: list[Candidate] = field(default_factory=list)
+    generation: GenerationResult | None = None
 
     @property
     def report_json(self) -> dict[str, Any]:
@@ -229,6 +240,34 @@ def _export_targets(program: Any, captured: CapturedProgram, result: PipelineRes
     return export_artifacts(subject, targets, folder, options, events)
 
 
+def _generation_settings(request: OptimizeRequest) -> GenerationSettings:
+    return GenerationSettings(batches=tuple(dict.fromkeys(b for b, _ in request.bench_shapes)),
+                              prompt_lengths=tuple(dict.fromkeys(s or 128 for _, s in request.bench_shapes)),
+                              new_tokens=request.new_tokens, rounds=max(3, request.measure.rounds), threads=request.threads)
+
+
+def _bench_generation(captured: DecoderCapture, folder: Path, artifacts: list[Artifact], request: OptimizeRequest,
+                      events: EventFn, timings: dict[str, float], prefix: str) -> tuple[GenerationResult, Choice | None]:
+    """A with-past capture's artifacts timed by greedy generation against eager generate(); the
+    best is the artifact of fxbench's with the lowest time per output token within the budget."""
+    entries = generation_backends(None, folder, artifacts)
+    own = {str(folder / a.file) for a in artifacts if a.kind not in _BASELINE_KINDS}
+    among = [e.label for e in entries if not isinstance(e, str) and e.artifact is not None and str(e.artifact) in own]
+    with step(events, f"{prefix}bench", timings) as d:
+        result = measure_generation(GenerationSubject.from_capture(captured), entries, _generation_settings(request),
+                                    model=model_record(captured.loaded).to_dict(), source={"kind": "optimize"},
+                                    events=prefixed(events, prefix), command=sys.argv)
+        best = best_generation(result, request.min_cosine, request.min_token_agreement, among=among)
+        d["detail"] = (f"best {best.backend}: {best.tpot_ms:.2f} ms per output token" + (f", {best.speedup:.2f}x eager generate()" if best.speedup else "")
+                       if best else "no artifact meets the accuracy budget")
+    choice = None
+    if best is not None:
+        name = next(e.name for e in entries if not isinstance(e, str) and e.label == best.backend)
+        # The record optimize keeps for its best artifact; for generation, its median is the time per output token.
+        choice = Choice(best.backend, name, best.artifact, best.tpot_ms, best.speedup, best.worst_cosine, 0.0, best.shapes)
+    return result, choice
+
+
 def _own_backends(cand: Candidate, folder: Path, device: str) -> list[Backend]:
     """The candidate's artifacts as benchmark backends (eager is the run's, shared)."""
     return [b for b in folder_backends(folder, cand.artifacts, device) if b.artifact is not None]
@@ -285,6 +324,9 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
     made = _export_targets(program, captured, cand.result, targets, options, folder, events)
     cand.artifacts = [program_artifact, *made.artifacts]
     cand.failures = made.failures
+    if request.bench and isinstance(captured, DecoderCapture):
+        cand.generation, cand.best = _bench_generation(captured, folder, cand.artifacts, request, events, cand.timings, prefix)
+        return cand
     own = _own_backends(cand, folder, device)
     cand.backends = relabel(own, pipeline) if request.search else own
     return cand
@@ -293,7 +335,9 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
 def _searching(request: OptimizeRequest, device: str) -> bool:
     if request.search is not None:
         return request.search
-    return request.pipeline is None and not request.passes and request.bench and device == "cpu"
+    # A decoder's generation benchmark times one pipeline; the int8 search is for one-forward models.
+    generating = request.generate or (request.task is not None and generation_task(request.task, False) == WITH_PAST_TASK)
+    return request.pipeline is None and not request.passes and request.bench and device == "cpu" and not generating
 
 
 def _validate(request: OptimizeRequest) -> None:
@@ -318,6 +362,10 @@ def _validate(request: OptimizeRequest) -> None:
         raise BenchOptionError("--search tries each preset's own precision; drop --dtype")
     if not 0.0 <= request.min_cosine <= 1.0:
         raise BenchOptionError(f"--min-cosine must be between 0 and 1, not {request.min_cosine}")
+    if request.new_tokens < 2:
+        raise BenchOptionError(f"--new-tokens must be at least 2, not {request.new_tokens}")
+    if not 0.0 <= request.min_token_agreement <= 1.0:
+        raise BenchOptionError(f"--min-token-agreement must be between 0 and 1, not {request.min_token_agreement}")
     if not request.max_abs_error > 0:
         raise BenchOptionError(f"--max-abs-error must be positive, not {request.max_abs_error}")
     for batch, seq in request.bench_shapes:
@@ -365,6 +413,7 @@ def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeR
     verification; save model.pt2 and the artifacts for the device; benchmark them against eager
     PyTorch; name the fastest within the accuracy budget; write report.json / .md / .html.
     The output folder appears only when everything succeeded."""
+    task = generation_task(request.task, request.generate)
     if isinstance(request.model, LoadedModel):
         source: str | LoadedModel = request.model
         plan = _plan(request, request.model.name)
@@ -376,7 +425,7 @@ def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeR
     with output_lock(plan.out_dir):
         check_output_dir(plan.out_dir, request.force)
         captured = load_and_capture(
-            source, task=request.task, batch=request.batch, seq=request.seq, dims=request.dims,
+            source, task=task, batch=request.batch, seq=request.seq, dims=request.dims,
             attn_implementation=request.attn_implementation, events=events, timings=timings, load=request.load,
         )
         return _optimize(captured, request, plan, events, timings)
@@ -417,7 +466,9 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
                     raise
                 candidates.append(Candidate(name, [p.name for p in passes], error=" ".join(str(exc).split())))
         bench, best = None, None
-        if request.bench and any(c.error is None for c in candidates):
+        if isinstance(captured, DecoderCapture):
+            best = next((c.best for c in candidates if c.error is None and c.best is not None), None)  # generation, per candidate
+        elif request.bench and any(c.error is None for c in candidates):
             bench, best = _bench(captured, candidates, request, plan.device, _bench_shapes(request, captured), events, timings)
         winner = pick_winner(candidates, best)
         if request.search:
@@ -427,7 +478,8 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
         report = _report(request, captured, winner, candidates, plan.device, started, timings, bench, best, staging)
         write_optimize_reports(report, staging)
     assert winner.result is not None
-    return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, bench, best, candidates)
+    return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, bench, best, candidates,
+                          winner.generation)
 
 
 def _plan_targets(request: OptimizeRequest, device: str) -> tuple[tuple[str, ...], ExportOptions | None]:
@@ -455,6 +507,11 @@ def _file_names(bench: BenchResult, staging: Path) -> BenchResult:
     return dataclasses.replace(bench, backends=backends)
 
 
+def _generation_file_names(result: GenerationResult) -> GenerationResult:
+    backends = tuple(dataclasses.replace(b, artifact=Path(b.artifact).name) if b.artifact else b for b in result.backends)
+    return dataclasses.replace(result, backends=backends)
+
+
 def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candidate, candidates: list[Candidate], device: str,
             started: _dt.datetime, timings: dict[str, float], bench: BenchResult | None, best: Choice | None,
             staging: Path) -> OptimizeReport:
@@ -476,6 +533,7 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
         export_failures=tuple(winner.failures),
         benchmark=_file_names(bench, staging) if bench else None,
         best=BestArtifact(file_named(best), request.min_cosine, request.max_abs_error) if best else None,
+        generation=_generation_file_names(winner.generation) if winner.generation else None,
         environment=collect_environment(sys.argv),
         seconds=dict(timings),
         search=tuple(c.record() for c in candidates) if request.search else None,

@@ -16,6 +16,7 @@ from fxbench.passes import PipelineResult
 from fxbench.reports.records import SearchCandidate
 from fxbench.runtime.backends import Backend
 from fxbench.runtime.bench import BenchResult, Choice
+from fxbench.runtime.generation import GenerationResult
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure
@@ -41,6 +42,7 @@ class Candidate:
     backends: list[Backend] = field(default_factory=list)  # its artifacts in the benchmark (eager is shared)
     bench: BenchResult | None = None
     best: Choice | None = None
+    generation: GenerationResult | None = None  # a with-past capture's benchmark, by greedy generation
     error: str | None = None  # the candidate failed as a whole (search goes on with the others)
     timings: dict[str, float] = field(default_factory=dict)  # by step name, without the candidate's prefix
 

@@ -16,7 +16,8 @@ from transformers.configuration_utils import get_head_shapes
 from fxbench.errors import CaptureError
 from fxbench.models.capture import CapturedProgram, capture_error, eager_failure, run_module
 from fxbench.models.inputs import DynamicDims, SampleInputs, forward_parameters, max_positions
-from fxbench.models.loading import LoadedModel, load_model
+from fxbench.models.loading import LoadedModel, LoadOptions, load_model
+from fxbench.models.tasks import WITH_PAST_TASK
 
 __all__ = [
     "BATCH",
@@ -35,6 +36,7 @@ __all__ = [
     "load_for_generation",
     "onnx_name",
     "position_ids_from_mask",
+    "with_past",
 ]
 
 # Cache layer kinds the with-past form holds exactly: full attention and sliding-window attention,
@@ -43,10 +45,6 @@ __all__ = [
 _ATTENTION_LAYERS = ("full_attention", "sliding_attention")
 # Axis names of the program and its ONNX artifact, as Optimum's exporter named them (shorter).
 BATCH, SEQ, PAST, TOTAL = "batch", "seq", "past_seq", "total_seq"
-# Optimum's task name for a causal LM exported with its cache. Not yet in models.tasks.TASKS: until
-# the optimize and export jobs dispatch on it to capture_with_past, `--task` must not accept it and
-# silently capture without a cache.
-WITH_PAST_TASK = "text-generation-with-past"
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,16 @@ def _per_layer(value: int | list[int], layers: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, list) else (int(value),) * layers
 
 
+def _read_config(reader: Any, text: Any, what: str) -> Any:
+    """`reader(text)`, one of transformers' config readers, or a one-line CaptureError naming `what` it could not read."""
+    try:
+        return reader(text)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise CaptureError(
+            f"cannot read {what} of model type {text.model_type!r} from its config ({exc}); use --task text-generation (no cache)"
+        ) from exc
+
+
 def cache_layout(model: torch.nn.Module, config: Any) -> CacheLayout:
     """The cache's layout from the config, with transformers' own readers (the ones `generate()` and
     its StaticCache use): `get_layer_types_and_kwargs` for what each layer caches and
@@ -124,10 +132,7 @@ def cache_layout(model: torch.nn.Module, config: Any) -> CacheLayout:
             f"{type(model).__name__} ({text.model_type!r}) keeps its own cache class, not a DynamicCache; "
             f"use --task text-generation (no cache)"
         )
-    try:
-        layer_types, _ = get_layer_types_and_kwargs(text)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise CaptureError(f"cannot read the cache layout of model type {text.model_type!r} from its config ({exc}); use --task text-generation (no cache)") from exc
+    layer_types, _ = _read_config(get_layer_types_and_kwargs, text, "the cache layout")
     kinds = set(layer_types)
     if kinds & {"linear_attention", "mamba", "recurrent", "conv"}:
         raise CaptureError(recurrent)
@@ -141,10 +146,7 @@ def cache_layout(model: torch.nn.Module, config: Any) -> CacheLayout:
             f"model type {text.model_type!r} caches keys and values of different sizes (latent attention); "
             f"use --task text-generation (no cache)"
         )
-    try:
-        heads, head_dim = get_head_shapes(text)
-    except (AttributeError, TypeError, ZeroDivisionError) as exc:
-        raise CaptureError(f"cannot read the kv heads and head size of model type {text.model_type!r} from its config; use --task text-generation (no cache)") from exc
+    heads, head_dim = _read_config(get_head_shapes, text, "the kv heads and head size")
     layers = len(layer_types)
     sliding = getattr(text, "sliding_window", None) if "sliding_attention" in kinds else None
     return CacheLayout(text.model_type, _per_layer(heads, layers), _per_layer(head_dim, layers), tuple(layer_types), sliding)
@@ -307,13 +309,25 @@ class DecoderCapture(CapturedProgram):
         return dict(self.make_inputs(batch, seq, seed=seed, past=past).tensors)
 
 
-def load_for_generation(source: str, *, attn_implementation: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
-    """`source` (Hub id or folder) loaded as a causal LM for the with-past capture; a one-line
-    CaptureError here, before any export, if its cache cannot be captured."""
-    loaded = load_model(source, "text-generation", attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+def load_for_generation(source: str | LoadedModel, *, attn_implementation: str | None = None, trust_remote_code: bool = False,
+                        options: LoadOptions | None = None) -> LoadedModel:
+    """`source` (Hub id or folder, or a model already loaded) as a causal LM for the with-past
+    capture; a one-line CaptureError here, before any export, if its cache cannot be captured."""
+    loaded = source if isinstance(source, LoadedModel) else load_model(
+        source, WITH_PAST_TASK, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, options=options)
     cache_layout(loaded.model, loaded.config)
-    loaded.task = WITH_PAST_TASK
     return loaded
+
+
+def with_past(loaded: LoadedModel) -> WithPast:
+    """The eager with-past wrapper of a causal LM (what the capture exports, and the reference it is
+    checked against); a one-line CaptureError when its cache cannot be held."""
+    model = loaded.model
+    layout = cache_layout(model, loaded.config)
+    accepted = set(forward_parameters(model))
+    if "cache" not in accepted:
+        raise CaptureError(f"{type(model).__name__} takes no cache argument; use --task text-generation (no cache)")
+    return WithPast(model, layout, [n for n in ("input_ids", "attention_mask", "position_ids") if n in accepted])
 
 
 def _dynamic_shapes(wrapper: WithPast, dims: DecoderDims, limit: int) -> dict[str, dict[int, Dim]]:
@@ -348,12 +362,8 @@ def capture_with_past(
     if min(batch, seq, past) < 2:
         raise CaptureError("the with-past sample needs batch, seq and past of at least 2 (torch.export specializes 0 and 1)")
     model = loaded.model
-    layout = cache_layout(model, loaded.config)
-    accepted = set(forward_parameters(model))
-    if "cache" not in accepted:
-        raise CaptureError(f"{type(model).__name__} takes no cache argument; use --task text-generation (no cache)")
-    token_names = [n for n in ("input_ids", "attention_mask", "position_ids") if n in accepted]
-    wrapper = WithPast(model, layout, token_names)
+    wrapper = with_past(loaded)
+    layout = wrapper.layout
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     vocab = int(loaded.config.get_text_config(decoder=True).vocab_size)
     limit = max_positions(loaded.config.get_text_config(decoder=True)) or 4096

@@ -9,7 +9,11 @@ from transformers.models.auto import modeling_auto
 
 from fxbench.errors import ModelLoadError
 
-__all__ = ["TASKS", "TASK_SYNONYMS", "TaskInfo", "auto_class_for", "canonical_task", "infer_task", "loadable_tasks"]
+__all__ = ["TASKS", "TASK_SYNONYMS", "WITH_PAST_TASK", "TaskInfo", "auto_class_for", "canonical_task", "infer_task", "loadable_tasks"]
+
+# Optimum's task name for a causal LM exported with its KV cache as inputs and outputs
+# (fxbench.models.decoder captures it). Never inferred: a user asks for it (--task, --generate).
+WITH_PAST_TASK = "text-generation-with-past"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ TASKS: dict[str, TaskInfo] = {
     t.name: t
     for t in (
         _t("text-generation", "causal language model logits", ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")),
+        _t(WITH_PAST_TASK, "causal language model with its KV cache: logits and present keys/values, for prefill and decode",
+           ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")),
         _t("text2text-generation", "encoder-decoder language model logits", ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES")),
         _t("fill-mask", "masked language model logits", ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES")),
         _t("text-classification", "sequence classification logits", ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES")),
@@ -95,8 +101,9 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 # The task names of Optimum's TasksManager (its _SYNONYM_TASK_MAP, 2.3) that name one of the tasks
-# above, plus the older names of some. "-with-past" names are not here: fxbench captures one forward
-# pass without a KV cache (see fxbench.models.decoder), and must not quietly drop the cache.
+# above, plus the older names of some. Of the "-with-past" names only the causal LM's is a task
+# (WITH_PAST_TASK, fxbench.models.decoder); the others (encoder-decoders) are refused rather than
+# quietly loaded without their cache.
 TASK_SYNONYMS: dict[str, str] = {
     "audio-ctc": "automatic-speech-recognition",
     "causal-lm": "text-generation",
@@ -145,8 +152,11 @@ def canonical_task(name: str) -> str:
         return TASK_SYNONYMS[key]
     hint = ""
     base = key.removesuffix("-with-past")
+    if base != key and TASK_SYNONYMS.get(base, base) == "text-generation":
+        return WITH_PAST_TASK  # Optimum's causal-lm-with-past
     if base != key and (base in TASKS or base in TASK_SYNONYMS):
-        hint = f" (--task captures one forward pass without a KV cache: use --task {TASK_SYNONYMS.get(base, base)})"
+        hint = (f" (a KV cache is captured for decoder-only LMs only, --task {WITH_PAST_TASK}; "
+                f"without one: --task {TASK_SYNONYMS.get(base, base)})")
     raise ModelLoadError(f"unknown task {name!r}{hint}; choose one of: {', '.join(TASKS)} (or an Optimum name: {', '.join(TASK_SYNONYMS)})")
 
 

@@ -57,6 +57,11 @@ def render_optimize_markdown(report: OptimizeReport) -> str:
         body = render_markdown(report.benchmark).splitlines()
         body = body[1:] if body and body[0].startswith("# ") else body  # its title is ours now
         out += ["## Benchmark", ""] + [("#" + line if line.startswith("## ") else line) for line in body]
+    if report.generation is not None:
+        from fxbench.reports.generation import render_generation_markdown
+
+        body = render_generation_markdown(report.generation, title=False).splitlines()
+        out += ["## Generation benchmark", ""] + [("#" + line if line.startswith("## ") else line) for line in body]
     return "\n".join(out).rstrip() + "\n"
 
 

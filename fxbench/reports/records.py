@@ -15,6 +15,7 @@ from fxbench.numerics import Parity, Tolerance
 from fxbench.passes import PassRecord
 from fxbench.reports.schema import SCHEMA_VERSION
 from fxbench.runtime.bench import BenchResult, Choice
+from fxbench.runtime.generation import GenerationResult
 
 if TYPE_CHECKING:  # the exporters' target table loads onnx: its records are only read here
     from fxbench.exporters.export import ExportFailure
@@ -231,6 +232,7 @@ class OptimizeReport(_FolderReport):
     environment: Mapping[str, Any]
     seconds: Mapping[str, float]
     search: tuple[SearchCandidate, ...] | None = None  # with --search only
+    generation: GenerationResult | None = None  # a with-past capture's benchmark (greedy generation), instead of `benchmark`
 
     kind: ClassVar[str] = "optimize"
 
@@ -240,6 +242,8 @@ class OptimizeReport(_FolderReport):
             data["benchmark"] = _nested_benchmark(data["benchmark"])
         if self.search is None:
             del data["search"]
+        if self.generation is None:
+            del data["generation"]
         return data
 
     @classmethod

@@ -320,8 +320,16 @@ def summary_lines(report: OptimizeReport) -> list[str]:
     ]
     if report.header.inputs.get("warning"):
         lines.append(f"warning: {report.header.inputs['warning']}")
-    lines += best_lines(report.best.choice if report.best else None, report.best.min_cosine if report.best else 0.0,
-                        benchmarked=report.benchmark is not None)
+    if report.generation is not None and report.best:
+        best = report.best.choice
+        speed = f", {best.speedup:.2f}x eager generate()" if best.speedup else ""
+        lines.append(
+            f"best artifact: {best.backend} ({best.artifact}): {best.median_ms:.2f} ms per output token (median){speed}, "
+            f"worst logits cosine {best.worst_cosine:.6f} (budget: cosine >= {report.best.min_cosine})"
+        )
+    else:
+        lines += best_lines(report.best.choice if report.best else None, report.best.min_cosine if report.best else 0.0,
+                            benchmarked=report.benchmark is not None or report.generation is not None)
     if report.benchmark is not None:
         timed = {Path(b.artifact).name for b in report.benchmark.backends if b.artifact}
         later = [a.file for a in report.artifacts if a.file not in timed]

@@ -244,6 +244,10 @@ def print_optimize(console: Console, report: OptimizeReport, output_dir: Path, w
         console.print(artifact_table(report.artifacts, console=console))
     if report.benchmark is not None:
         console.print(render_table(report.benchmark, console=console))
+    if report.generation is not None:
+        from fxbench.reports.generation import render_generation_table
+
+        console.print(render_generation_table(report.generation))
     if report.search:
         console.print(search_table(report, console=console))
     if report.benchmark is not None:

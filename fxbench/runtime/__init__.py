@@ -18,6 +18,14 @@ from fxbench.runtime.bench import (
     parse_image_sizes,
     shapes_from,
 )
+from fxbench.runtime.generation import (
+    GenerationResult,
+    GenerationSettings,
+    GenerationSubject,
+    best_generation,
+    greedy_generate,
+    measure_generation,
+)
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
 
 __all__ = [
@@ -28,6 +36,9 @@ __all__ = [
     "BenchResult",
     "BenchSettings",
     "Choice",
+    "GenerationResult",
+    "GenerationSettings",
+    "GenerationSubject",
     "LatencyStats",
     "Measure",
     "Measurement",
@@ -37,9 +48,12 @@ __all__ = [
     "Workload",
     "bench",
     "best_artifact",
+    "best_generation",
     "create_session",
     "default_backends",
     "folder_backends",
+    "greedy_generate",
+    "measure_generation",
     "parse_backends",
     "parse_image_sizes",
     "register_backend",

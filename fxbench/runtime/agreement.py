@@ -90,6 +90,8 @@ def task_agreement(
         if got.dim() != 3:
             return Agreement("next-token argmax", _argmax_agreement(got, want))
         dec_mask = inputs.get("decoder_attention_mask") if "decoder_input_ids" in inputs else mask
+        if dec_mask is not None and dec_mask.shape[-1] != got.shape[1]:
+            dec_mask = None  # a with-past step: the mask covers the past too, and the new tokens end each row
         rows = torch.arange(got.shape[0])
         last = _last_positions(dec_mask, got.shape[0], got.shape[1])
         return Agreement("next-token argmax", _argmax_agreement(got[rows, last], want[rows, last]))

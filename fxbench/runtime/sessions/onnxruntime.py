@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fxbench.models import CapturedProgram
+from fxbench.models.decoder import onnx_name
 from fxbench.errors import BackendUnavailableError
 from fxbench.runtime.sessions.base import Bound, Session, SessionOptions, flat_float32, require_device, require_file
 
@@ -102,9 +103,13 @@ class OrtSession(Session):
             raise BackendUnavailableError(f"ONNX Runtime fell back to {self.session.get_providers()[0]} for {Path(path).name}")
 
         ort_inputs = self.session.get_inputs()
-        missing = [i.name for i in ort_inputs if i.name not in captured.input_names]
+        # A with-past file names its past as Optimum did (past_key_values.0.key); the capture, as a
+        # Python identifier (past_key_values_0_key).
+        by_onnx_name = {onnx_name(n): n for n in captured.input_names}
+        missing = [i.name for i in ort_inputs if i.name not in by_onnx_name]
         if missing:
             raise BackendUnavailableError(f"{Path(path).name} wants inputs {missing} that the capture does not make")
+        self.sources = {i.name: by_onnx_name[i.name] for i in ort_inputs}
         self.feeds = [(i.name, _types(i.type, i.name)) for i in ort_inputs]
         self.outputs = [(o.name, _types(o.type, o.name)) for o in self.session.get_outputs()]
         if len(self.outputs) != len(captured.output_names):
@@ -124,7 +129,7 @@ class OrtSession(Session):
         return self._bind_cuda(inputs)
 
     def _bind_cpu(self, inputs: Mapping[str, torch.Tensor]) -> Bound:
-        feeds = {name: np.ascontiguousarray(inputs[name].numpy().astype(np_type, copy=False)) for name, (_, np_type) in self.feeds}
+        feeds = {name: np.ascontiguousarray(inputs[self.sources[name]].numpy().astype(np_type, copy=False)) for name, (_, np_type) in self.feeds}
         session = self.session
         last: list[object] = [None]
 
@@ -140,7 +145,7 @@ class OrtSession(Session):
         return Bound(step, fetch)
 
     def _bind_cuda(self, inputs: Mapping[str, torch.Tensor]) -> Bound:
-        placed = {name: inputs[name].to("cuda", dtype=t_type).contiguous() for name, (t_type, _) in self.feeds}
+        placed = {name: inputs[self.sources[name]].to("cuda", dtype=t_type).contiguous() for name, (t_type, _) in self.feeds}
         # Output shapes depend on the inputs: one run with ORT-allocated outputs tells them; then
         # outputs go to torch buffers at fixed addresses (what ORT's CUDA graphs replay into).
         probe = self.session.io_binding()
