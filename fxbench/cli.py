@@ -235,6 +235,9 @@ def export(
     device: DeviceOpt = "cpu",
     trt_precision: Annotated[Optional[str], typer.Option("--trt-precision", help="TensorRT precision (default: the graph's); fp16/bf16 lower an fp32 graph with TensorRT 10's builder flags.")] = None,
     task: TaskOpt = None,
+    batch_range: Annotated[str, typer.Option("--batch-range", help="Dynamic batch range MIN:MAX (a model; a saved program keeps its own).")] = "1:64",
+    seq_range: Annotated[str, typer.Option("--seq-range", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
+    static: Annotated[bool, typer.Option("--static", help="Capture a model with static shapes.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing artifacts or a non-empty output folder.")] = False,
     json_out: JsonOpt = False,
     verbose_: VerboseOpt = False,
@@ -242,12 +245,14 @@ def export(
     """Export MODEL (or a saved optimized program) to deployable artifacts, each checked against eager PyTorch."""
     from fxbench.jobs import ExportRequest
     from fxbench.jobs import export as run_export
+    from fxbench.models import DynamicDims
     from fxbench.reports.terminal import print_export
 
     _verbosity(verbose_)
     with _steps() as progress:
+        dims = DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static)
         request = ExportRequest(source=model, targets=tuple(to.split(",")), output=output,
-                                options=_export_options(opset, shapes, device, trt_precision), force=force, task=task)
+                                options=_export_options(opset, shapes, device, trt_precision), force=force, task=task, dims=dims)
         result = run_export(request, events=progress)
     _finish(result, json_out, lambda: print_export(out, result.artifacts, result.output_dir))
 

@@ -34,6 +34,7 @@ class ExportRequest:
     options: ExportOptions | None = None
     force: bool = False
     task: str | None = None
+    dims: DynamicDims = DynamicDims()  # the capture's ranges, for a model (a saved program keeps its own)
 
 
 @dataclass
@@ -146,7 +147,7 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
         if program_path is not None:
             subject, source_report = _subject_from_folder(program_path, events, timings)
         else:
-            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims(),
+            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=request.dims,
                                         attn_implementation=None, events=events, timings=timings)
             subject = ExportSubject(captured.exported, captured, captured.output_names)
         started = _dt.datetime.now(_dt.timezone.utc)
