@@ -178,6 +178,9 @@ def make_inputs(loaded: LoadedModel, batch: int = 2, seq: int = 16, *, seed: int
                 tensors = {}
         if not tensors:
             if main == "input_features":
+                if not isinstance(getattr(config, "num_mel_bins", None), int):  # Speech2Text: features per channel, time first
+                    raise CaptureError(f"the config names no num_mel_bins to draw {main} from; the model needs its feature "
+                                       f"extractor (preprocessor_config.json in its folder)")
                 frames = 2 * int(getattr(config, "max_source_positions", 1500))
                 tensors = {main: torch.randn(batch, int(config.num_mel_bins), frames, generator=gen)}
             else:
