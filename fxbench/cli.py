@@ -17,6 +17,7 @@ from rich.console import Console
 
 from fxbench import interrupts
 from fxbench.errors import FxbenchError, one_line, show_traceback, verbose, write_error
+from fxbench.task_names import task_help
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -110,7 +111,7 @@ def _range(text: str, what: str) -> tuple[int, int]:
 
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Hub model id or local folder; omitted: the bundled demo model (fxbench[demo]).")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task head to load (default: from the config's architectures).")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help=task_help())]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset for ONNX targets (18-23; default 18).")]
 ShapesOpt = Annotated[Optional[str], typer.Option("--shapes", help="TensorRT profile NAME:MIN,OPT,MAX per input, e.g. input_ids:1x16,8x128,32x512 (';' between inputs).")]
@@ -181,6 +182,7 @@ def optimize(
     seq: Annotated[int, typer.Option("--seq", help="Sample sequence length for text models.")] = 16,
     batch_range: Annotated[str, typer.Option("--batch-range", help="Dynamic batch range MIN:MAX.")] = "1:64",
     seq_range: Annotated[str, typer.Option("--seq-range", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
+    image_range: Annotated[Optional[str], typer.Option("--image-range", help="Dynamic image height and width range MIN:MAX for vision models (default 32:2048, narrowed to what the model accepts; the sides stay a multiple of its stride where it needs one).")] = None,
     static: Annotated[bool, typer.Option("--static", help="Capture with static shapes.")] = False,
     attn: Annotated[Optional[str], typer.Option("--attn", help="Attention implementation to load: eager or sdpa.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Artifacts to make: comma-separated onnx, onnx-ort, onnx-int8, tensorrt, aoti; 'none' for model.pt2 only. Default: those that fit --device.")] = None,
@@ -190,6 +192,7 @@ def optimize(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Time every artifact against eager PyTorch and name the best.")] = True,
     bench_batch: Annotated[str, typer.Option("--bench-batch", help="Batch sizes to time, comma-separated.")] = "1",
     bench_seq: Annotated[str, typer.Option("--bench-seq", help="Sequence lengths to time, comma-separated (capped at the model's positions).")] = "128",
+    bench_image_size: Annotated[Optional[str], typer.Option("--bench-image-size", help="Image sizes to time vision models at: N or HxW, comma-separated, e.g. 224,384,640x480 (default: the capture's).")] = None,
     bench_time: Annotated[float, typer.Option("--bench-time", help="Seconds of timed runs per backend and shape.")] = 2.0,
     bench_rounds: Annotated[int, typer.Option("--bench-rounds", help="Interleave the timed runs in this many rounds (all artifacts loaded at once).")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every backend (default: torch's).")] = None,
@@ -205,6 +208,7 @@ def optimize(
     from fxbench.jobs import optimize as run_optimize
     from fxbench.models import DynamicDims
     from fxbench.reports.terminal import print_optimize
+    from fxbench.runtime.bench import parse_image_sizes
     from fxbench.runtime.harness import Measure
 
     _verbosity(verbose_)
@@ -214,10 +218,12 @@ def optimize(
         request = OptimizeRequest(
             model=model, output=output, task=task, pipeline=pipeline, passes=edits, strict=strict, force=force,
             batch=batch, seq=seq, attn_implementation=attn,
-            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static),
+            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static,
+                             image=_range(image_range, "image") if image_range else None),
             targets=None if target is None else (() if target.strip().lower() == "none" else tuple(target.split(","))),
             export=_export_options(opset, shapes, device or default_device()),
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch, "bench-batch") for s in seqs),
+            bench_images=tuple(parse_image_sizes(bench_image_size)) if bench_image_size else (),
             measure=Measure(seconds=bench_time, rounds=bench_rounds), threads=threads, min_cosine=min_cosine, max_abs_error=max_abs_error,
             search=search,
         )
@@ -307,6 +313,7 @@ def bench(
     backends: Annotated[Optional[list[str]], typer.Option("--backends", "--backend", help="Comma-separated backend names, NAME@FILE for an artifact; see `fxbench bench --list`. Default: eager, program, compile (a model) or eager plus every artifact (a folder).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes to sweep, comma-separated.")] = "1",
     seq: Annotated[str, typer.Option("--seq", help="Sequence lengths to sweep, comma-separated (text models).")] = "128",
+    image_size: Annotated[Optional[str], typer.Option("--image-size", help="Image sizes to sweep (vision models): N or HxW, comma-separated, e.g. 224,384,640x480 (default: the capture's).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where device-agnostic backends run.")] = "cpu",
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up runs after the first call, at least.")] = 10,
     warmup_time: Annotated[float, typer.Option("--warmup-time", help="Warm-up seconds after the first call, at least.")] = 0.5,
@@ -324,7 +331,7 @@ def bench(
     from fxbench.jobs import default_report_dir, run_benchmark
     from fxbench.reports.files import write_reports
     from fxbench.reports.terminal import backends_table, render_table
-    from fxbench.runtime import BACKENDS, Measure, Warmup, shapes_from
+    from fxbench.runtime import BACKENDS, Measure, Warmup, parse_image_sizes, shapes_from
 
     _verbosity(verbose_)
     if list_backends:
@@ -334,7 +341,7 @@ def bench(
         if iters is not None and seconds is not None:
             raise FxbenchError("give --iters or --time, not both")
         names = [n for spec in (backends or []) for n in spec.split(",") if n.strip()] or None
-        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"))
+        shapes = shapes_from(_int_list(batch, "batch"), _int_list(seq, "seq"), images=parse_image_sizes(image_size) if image_size else ())
         measure = Measure(iters=iters, seconds=seconds if seconds is not None else 2.0, rounds=rounds)
         result = run_benchmark(
             model, names, shapes, device=device, threads=threads, task=task, events=progress,

@@ -28,7 +28,8 @@ qd = torch.ops.quantized_decomposed
 
 SECOND_CHECK = {
     "bert": "batch3_seq40", "gpt2": "batch3_seq40", "llama": "batch3_seq40", "minilm": "batch3_seq40",
-    "vit": "batch3", "resnet": "batch3", "whisper": "batch3_decoder_seq40",
+    # ResNet's height and width are dynamic: its check is at a non-square size it never saw.
+    "vit": "batch3", "resnet": "batch3_232x240", "whisper": "batch3_decoder_seq40",
 }
 
 

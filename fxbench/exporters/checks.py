@@ -16,7 +16,7 @@ from fxbench.exporters.base import Artifact
 from fxbench.models import CapturedProgram, run_module
 from fxbench.numerics import Parity, Tolerance, compare
 
-__all__ = ["Check", "ExportSubject", "build_checks", "second_shape", "verify"]
+__all__ = ["Check", "ExportSubject", "build_checks", "second_inputs", "second_shape", "verify"]
 
 Runner = Callable[[Mapping[str, torch.Tensor]], Sequence[Any]]
 
@@ -91,24 +91,40 @@ def second_shape(captured: CapturedProgram, batch: int = 3, seq: int = 40) -> tu
     return clamp(batch, batch_range), clamp(seq, seq_range)
 
 
-def _check_name(captured: CapturedProgram, batch: int, seq: int | None) -> str:
-    if seq is None:
-        return f"batch{batch}"
-    return f"batch{batch}_{'decoder_seq' if captured.loaded.is_encoder_decoder else 'seq'}{seq}"
+def _check_name(captured: CapturedProgram, batch: int, seq: int | None, sizes: Mapping[str, Any]) -> str:
+    name = f"batch{batch}"
+    if seq is not None:
+        name += f"_{'decoder_seq' if captured.loaded.is_encoder_decoder else 'seq'}{seq}"
+    if "image" in sizes:
+        name += "_{}x{}".format(*sizes["image"])
+    if "audio" in sizes:
+        name += f"_len{sizes['audio']}"
+    return name
 
 
 def build_checks(subject: ExportSubject, batch: int = 3, seq: int = 40) -> tuple[Check, ...]:
-    """The sample inputs, and (for dynamic programs) inputs at a second shape made the same way,
-    each with its reference outputs computed once for every artifact."""
+    """The sample inputs, and (for dynamic programs) inputs at a second shape made the same way (a
+    non-square image size and another audio length the capture never saw, where those axes are
+    dynamic), each with its reference outputs computed once for every artifact."""
     captured = subject.captured
     sample = dict(captured.inputs.tensors)
     sample_ref = captured.reference if not subject.rebased else subject.reference(sample)
     checks = [Check("sample", sample, tuple(sample_ref))]
-    shape = second_shape(captured, batch, seq)
-    if shape is not None:
-        inputs = dict(captured.make_inputs(shape[0], shape[1], seed=1).tensors)
-        checks.append(Check(_check_name(captured, *shape), inputs, subject.reference(inputs)))
+    second = second_inputs(captured, batch, seq)
+    if second is not None:
+        name, inputs = second
+        checks.append(Check(name, inputs, subject.reference(inputs)))
     return tuple(checks)
+
+
+def second_inputs(captured: CapturedProgram, batch: int = 3, seq: int = 40) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """The check's name and inputs at the second shape (`second_shape`, plus a non-square image
+    size and an audio length the capture never saw where those axes are dynamic); None when static."""
+    shape = second_shape(captured, batch, seq)
+    if shape is None:
+        return None
+    sizes = captured.unseen_sizes()
+    return _check_name(captured, *shape, sizes), dict(captured.make_inputs(shape[0], shape[1], seed=1, **sizes).tensors)
 
 
 def verify(run: Runner, checks: Sequence[Check], subject: ExportSubject, what: str,

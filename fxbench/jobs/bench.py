@@ -14,6 +14,7 @@ from fxbench.exporters import Artifact
 from fxbench.jobs.common import input_warning, load_and_capture, model_record, require_device, resolve_model_source
 from fxbench.jobs.folders import output_folder, read_report
 from fxbench.models import CapturedProgram, DynamicDims
+from fxbench.models.inputs import DEFAULT_IMAGE_RANGE
 from fxbench.runtime.backends import Backend, default_backends, folder_backends, parse_backends
 from fxbench.runtime.bench import BenchResult, BenchSettings, Shape, Workload, bench, check_labels
 from fxbench.runtime.harness import Measure, Warmup
@@ -40,7 +41,9 @@ def _capture_dims(shapes: Sequence[Shape]) -> DynamicDims:
     """Dynamic ranges wide enough for the sweep, so that the program from the capture runs at every shape."""
     batch = max([64, *(s.batch for s in shapes)])
     seq = max([512, *(s.seq or 0 for s in shapes)])
-    return DynamicDims(batch=(1, batch), seq=(2, seq))
+    sides = [side for s in shapes if s.image for side in s.image]
+    image = (min(DEFAULT_IMAGE_RANGE[0], *sides), max(DEFAULT_IMAGE_RANGE[1], *sides)) if sides else None
+    return DynamicDims(batch=(1, batch), seq=(2, seq), image=image)
 
 
 def _folder_artifacts(folder: Path) -> tuple[dict[str, Any], tuple[Artifact, ...]]:
@@ -95,10 +98,31 @@ def workload(captured: CapturedProgram, shapes: Sequence[Shape]) -> Workload:
     """The capture's inputs at every shape and eager fp32's outputs on them; a shape the model cannot
     take fails here, before any backend loads. Models without a sequence axis get one shape per batch."""
     has_seq = captured.loaded.modality == "text" or captured.loaded.is_encoder_decoder
-    if not has_seq:
-        shapes = list(dict.fromkeys(Shape(s.batch, None) for s in shapes))
-    inputs = {s: captured.make_inputs(s.batch, s.seq if s.seq is not None else 16).tensors for s in shapes}
+    has_image = captured.inputs.image is not None
+    shapes = list(dict.fromkeys(Shape(s.batch, s.seq if has_seq else None, s.image if has_image else None) for s in shapes))
+    _check_image_sizes(captured, shapes)
+    inputs = {s: captured.make_inputs(s.batch, s.seq if s.seq is not None else 16, image=s.image).tensors for s in shapes}
     return Workload(tuple(shapes), inputs, {s: captured.run_eager(inputs[s]) for s in shapes})
+
+
+def _check_image_sizes(captured: CapturedProgram, shapes: Sequence[Shape]) -> None:
+    """Image sizes the program cannot take are one line before any backend loads: outside the
+    captured range, off the model's multiple, or any other size where the capture is static."""
+    from fxbench.models.axes import HEIGHT, WIDTH
+
+    for shape in shapes:
+        if shape.image is None or shape.image == captured.inputs.image:
+            continue
+        height, width = captured.axis_range(HEIGHT), captured.axis_range(WIDTH)
+        if height is None or width is None:
+            why = captured.static_axes.get("image", "the capture is static")
+            h, w = captured.inputs.image or (0, 0)
+            raise FxbenchError(f"--image-size {shape.image[0]}x{shape.image[1]}: the program takes {h}x{w} only ({why})")
+        for side, rec in zip(shape.image, (height, width)):
+            if not rec.min <= side <= rec.max or side % rec.multiple:
+                step = f" and a multiple of {rec.multiple}" if rec.multiple > 1 else ""
+                raise FxbenchError(f"--image-size {shape.image[0]}x{shape.image[1]}: the program takes {rec.name} "
+                                   f"{rec.min}..{rec.max}{step}")
 
 
 def run_benchmark(

@@ -103,7 +103,8 @@ def load_and_capture(
         events("load", "warn", input_warning(loaded))
     with step(events, "capture", timings) as d:
         captured = capture(loaded, batch=batch, seq=seq, dims=dims)
-        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}"
+        axes = captured.describe_axes()
+        d["detail"] = f"{len(captured.exported.graph.nodes)} nodes, inputs from {captured.inputs.origin}" + (f"; {axes}" if axes else "")
     return captured
 
 

@@ -50,7 +50,7 @@ class ExportResult:
 
 
 def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
-    """The DynamicDims that reproduce a report's recorded ranges (batch, seq; decoder_seq follows seq)."""
+    """The DynamicDims that reproduce a report's recorded ranges (batch, seq, image sides; decoder_seq follows seq)."""
     if not dynamic:
         return DynamicDims(static=True)
     ranges: dict[str, tuple[int, int]] = {}
@@ -58,7 +58,10 @@ def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
         for dim in spec.values():
             ranges.setdefault(dim["name"], (int(dim["min"]), int(dim["max"])))
     defaults = DynamicDims()
-    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)))
+    sides = [ranges[n] for n in ("height", "width") if n in ranges]
+    image = (min(lo for lo, _ in sides), max(hi for _, hi in sides)) if sides else None
+    return DynamicDims(batch=ranges.get("batch", defaults.batch), seq=ranges.get("seq", ranges.get("decoder_seq", defaults.seq)),
+                       image=image, audio=ranges.get("samples", ranges.get("frames", defaults.audio)))
 
 
 def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:

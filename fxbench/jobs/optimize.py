@@ -57,6 +57,7 @@ class OptimizeRequest:
     export: ExportOptions | None = None  # export options; their `device` is the device artifacts are made and timed for
     bench: bool = True  # time every artifact against eager PyTorch and name the best
     bench_shapes: tuple[tuple[int, int | None], ...] = ((1, 128),)  # (batch, seq); seq is capped at the model's positions
+    bench_images: tuple[tuple[int, int], ...] = ()  # (height, width) to time vision models at; (): the capture's size
     warmup: Warmup = Warmup()
     measure: Measure = Measure(seconds=2.0)
     threads: int | None = None
@@ -100,13 +101,14 @@ def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[S
         for dim in spec.values():
             if dim.__name__ in ("seq", "decoder_seq"):
                 limit = dim.max if limit is None else min(limit, dim.max)
+    images = list(request.bench_images) if captured.inputs.image is not None else []
     shapes = []
     for batch, seq in request.bench_shapes:
         if not has_seq:
             seq = None
         elif seq is not None and limit is not None:
             seq = min(seq, limit)
-        shapes.append(Shape(batch, seq))
+        shapes.extend(Shape(batch, seq, image) for image in images or [None])
     return list(dict.fromkeys(shapes))
 
 
@@ -140,10 +142,10 @@ def _pass_hint(result: PipelineResult, node: GraphFault | None) -> str:
     return "try --static"
 
 
-def _reloaded_run(path: Path, captured: CapturedProgram, result: PipelineResult) -> tuple[torch.Tensor, ...]:
-    reloaded = load_program(path).module()
+def _reloaded_run(reloaded: Any, captured: CapturedProgram, result: PipelineResult,
+                  tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     try:
-        return run_module(reloaded, captured.inputs.tensors)
+        return run_module(reloaded, tensors)
     except Exception as exc:  # noqa: BLE001 - any failure of the saved program is named in one line
         node = failing_node(exc)
         config = captured.loaded.config
@@ -161,16 +163,35 @@ def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Pat
         except ReexportError as exc:
             raise ReexportError(f"{exc}; {_pass_hint(result, exc.node)}", exc.node) from exc
         path = save_program(program, folder / PROGRAM_FILE)
-        parity: Parity = compare(_reloaded_run(path, captured, result), result.reference, result.output_names)
-        if not result.tolerance.accepts(parity):
-            raise VerificationError(f"model.pt2 does not reproduce the optimized program: {result.tolerance.explain(parity)}")
-        d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {parity.brief()}"
+        parities = _program_parities(path, captured, result)
+        parity: Parity = parities["sample"]
+        for name, p in parities.items():
+            if not result.tolerance.accepts(p):
+                raise VerificationError(f"model.pt2 does not reproduce the optimized program on the {name} inputs: {result.tolerance.explain(p)}")
+        d["detail"] = f"model.pt2 ({path.stat().st_size / 2**20:.1f} MiB), reloaded: {parity.brief()}" + (
+            f"; {', '.join(n for n in parities if n != 'sample')}: ok" if len(parities) > 1 else "")
     artifact = Artifact(
         kind="program", file=path.name, device="any", precision=result.precision,
         input_names=captured.input_names, output_names=result.output_names,
-        parity={"sample": parity.to_dict()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
+        parity={n: p.to_dict() for n, p in parities.items()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
     )
     return program, artifact
+
+
+def _program_parities(path: Path, captured: CapturedProgram, result: PipelineResult) -> dict[str, Parity]:
+    """The saved program, loaded back, against the optimized one on the sample and, for a dynamic
+    capture, on the exporters' second inputs (another batch and sequence, an image size or audio
+    length never seen)."""
+    from fxbench.exporters.checks import second_inputs
+
+    reloaded = load_program(path).module()
+    sample = _reloaded_run(reloaded, captured, result, dict(captured.inputs.tensors))
+    parities = {"sample": compare(sample, result.reference, result.output_names)}
+    second = second_inputs(captured)
+    if second is not None:
+        name, more = second
+        parities[name] = compare(_reloaded_run(reloaded, captured, result, more), run_module(result.module, more), result.output_names)
+    return parities
 
 
 def _export_targets(program: Any, captured: CapturedProgram, result: PipelineResult, targets: tuple[str, ...],
@@ -339,7 +360,8 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
     assert result is not None
     return OptimizeReport(
         header=report_header(captured, started),
-        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes)),
+        capture=CaptureRecord(seconds=captured.seconds, nodes=len(captured.exported.graph.nodes), axes=captured.describe_axes(),
+                              static_axes=dict(captured.static_axes)),
         device=device,
         pipeline=PipelineRecord(winner.pipeline, tuple(request.passes), tuple(winner.passes)),
         passes=tuple(result.records),

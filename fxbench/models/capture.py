@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import time
 import traceback
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -15,8 +16,11 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule
 
 from fxbench.errors import CaptureError
-from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_shapes_for, make_inputs
+from fxbench.models import axes as _axes
+from fxbench.models.axes import HEIGHT, WIDTH, AxisPlan, AxisRecord
+from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_axis, dynamic_shapes_for, image_token_count, make_inputs
 from fxbench.models.loading import LoadedModel
+from fxbench.models.shims import capture_shims
 
 __all__ = [
     "CapturedProgram", "FlatOutputs", "GraphFault", "ReexportError", "capture", "capture_error", "eager_failure",
@@ -27,13 +31,18 @@ OutputPath = tuple[Any, ...]
 
 
 def _output_paths(out: Any, prefix: OutputPath = ()) -> list[OutputPath]:
-    """Paths to every tensor in a model output (ModelOutput, dict, tuple), in the output's own order."""
+    """Paths to every tensor in a model output (ModelOutput, dict, tuple), in the output's own order;
+    not into lists (see below).
+    A top-level `loss` is left out: no labels are passed, and a head that computes one from its
+    inputs anyway (a forecaster's teacher-forced likelihood) is not what is deployed."""
     if isinstance(out, torch.Tensor):
         return [prefix]
     if isinstance(out, Mapping):
-        return [p for k, v in out.items() if v is not None for p in _output_paths(v, prefix + (k,))]
-    if isinstance(out, (tuple, list)):
+        return [p for k, v in out.items() if v is not None and (prefix or k != "loss") for p in _output_paths(v, prefix + (k,))]
+    if isinstance(out, tuple):
         return [p for i, v in enumerate(out) for p in _output_paths(v, prefix + (i,))]
+    # A list in a model output is one entry per image (a VLM's per-image features): its length is
+    # the batch, which a program with a dynamic batch cannot have as a fixed number of outputs.
     return []
 
 
@@ -49,15 +58,21 @@ class FlatOutputs(torch.nn.Module):
     AOTInductor artifacts keep them.
     """
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str], output_paths: list[OutputPath]):
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_paths: list[OutputPath],
+                 align: Mapping[str, int] | None = None):
         super().__init__()
         self.model = model
         self.input_names = list(input_names)
         self.output_paths = [tuple(p) for p in output_paths]
         self.output_names = tuple(_path_name(p) for p in self.output_paths)
+        # input name -> the multiple its last two (image) axes are: see _aligned.
+        self.align = dict(align or {})
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, args), **kwargs)
+        for name, multiple in self.align.items():
+            if name in named:
+                named[name] = _aligned(named[name], multiple)
         out = self.model(**named)
         result = []
         for path in self.output_paths:
@@ -66,6 +81,15 @@ class FlatOutputs(torch.nn.Module):
                 value = value[key]
             result.append(value)
         return tuple(result)
+
+
+def _aligned(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`tensor` cropped to the multiple on its last two axes: the identity on every input the program
+    accepts (its height and width are derived dims, multiples of `multiple`), written so that the
+    model sees sizes of the form multiple * k. torch.export's solver then settles a Swin's padding
+    arithmetic at once (a tiny two-stage Swin: 15 s instead of 200 s, one stage 7 s instead of 60 s)."""
+    h, w = tensor.shape[-2:]
+    return tensor[..., : (h // multiple) * multiple, : (w // multiple) * multiple]
 
 
 def _with_signature(wrapper: FlatOutputs) -> FlatOutputs:
@@ -86,11 +110,28 @@ def _with_signature(wrapper: FlatOutputs) -> FlatOutputs:
 
 def unlift(exported: ExportedProgram) -> GraphModule:
     """The exported program as a GraphModule fit for passes: without the guard-checking node,
-    which breaks subgraph rewriting (`check_guards` is absent before torch 2.9)."""
+    which breaks subgraph rewriting (`check_guards` is absent before torch 2.9), and with in-place
+    `detach_` made functional (see _functional_detach)."""
     try:
-        return exported.module(check_guards=False)
+        module = exported.module(check_guards=False)
     except TypeError:
-        return exported.module()
+        module = exported.module()
+    return _functional_detach(module)
+
+
+def _functional_detach(module: GraphModule) -> GraphModule:
+    """`aten.detach_` as `aten.detach`. Models that detach a constant in place (LLaVA's and
+    Informer's attention scalars) are captured with `detach_` on a lifted tensor constant; once the
+    graph is exported again, that constant is a view, and the in-place detach raises "Can't detach
+    views in-place" on every later run. Without autograd the two are the same function."""
+    changed = False
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.detach_.default:
+            node.target = torch.ops.aten.detach.default
+            changed = True
+    if changed:
+        module.recompile()
+    return module
 
 
 def run_module(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -114,6 +155,11 @@ class CapturedProgram:
     dynamic_shapes: dict[str, dict[int, Any]] | None
     reference: tuple[torch.Tensor, ...]
     seconds: float
+    # The image and time axes as the program accepts them (input -> axis -> record), and for the
+    # kinds of axes kept static ("image", "audio"), why: one line each, for the report and step line.
+    axes: dict[str, dict[int, AxisRecord]] = field(default_factory=dict, kw_only=True)
+    static_axes: dict[str, str] = field(default_factory=dict, kw_only=True)
+    shims: tuple[str, ...] = field(default=(), kw_only=True)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -127,12 +173,43 @@ class CapturedProgram:
         """A fresh GraphModule of the captured program (each call unlifts anew)."""
         return unlift(self.exported)
 
-    def make_inputs(self, batch: int, seq: int | None = None, *, seed: int = 0) -> SampleInputs:
-        """Inputs at another shape, made the same way as the sample's."""
+    def make_inputs(self, batch: int, seq: int | None = None, *, seed: int = 0, image: tuple[int, int] | None = None,
+                    audio: int | None = None, choices: int | None = None) -> SampleInputs:
+        """Inputs at another shape, made the same way as the sample's (image size, audio length and
+        choices default to the sample's)."""
         return make_inputs(
             self.loaded, batch, seq if seq is not None else (self.inputs.seq or 16), seed=seed,
+            image=image or self.inputs.image, audio=audio or self.inputs.audio, choices=choices or self.inputs.choices,
             use_preprocessor=self.inputs.origin != "config",
         )
+
+    def axis_range(self, name: str) -> AxisRecord | None:
+        """The range of the dynamic image or time axis `name` (height, width, samples, frames)."""
+        return next((r for spec in self.axes.values() for r in spec.values() if r.name == name), None)
+
+    def describe_axes(self) -> str:
+        """The image and time axes in a few words, for the capture's step line."""
+        parts = []
+        for name in (HEIGHT, WIDTH, _axes.SAMPLES, _axes.FRAMES):
+            rec = self.axis_range(name)
+            if rec is not None:
+                parts.append(f"{name} {rec.min}..{rec.max}" + (f" (x{rec.multiple})" if rec.multiple > 1 else ""))
+        parts += [f"{kind} static: {reason}" for kind, reason in self.static_axes.items() if reason != "--static"]
+        return "; ".join(parts)
+
+    def unseen_sizes(self) -> dict[str, Any]:
+        """Sizes of the dynamic image and time axes the capture never saw, inside the ranges the
+        program accepts, as `make_inputs` keywords: a non-square image (on the model's multiple),
+        another audio length. Empty when those axes are static or absent."""
+        out: dict[str, Any] = {}
+        height, width = self.axis_range(HEIGHT), self.axis_range(WIDTH)
+        if height is not None and width is not None and self.inputs.image is not None:
+            lo, hi = max(height.min, width.min), min(height.max, width.max)
+            out["image"] = _axes.probe_image_size(self.inputs.image, max(height.multiple, width.multiple), lo, hi)
+        length = self.axis_range(_axes.SAMPLES) or self.axis_range(_axes.FRAMES)
+        if length is not None and self.inputs.audio is not None:
+            out["audio"] = _axes.unseen_length(self.inputs.audio, length.min, length.max)
+        return out
 
     def run_eager(self, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return run_module(self.eager, tensors)
@@ -286,6 +363,95 @@ class ReexportError(CaptureError):
         self.node = node
 
 
+@contextlib.contextmanager
+def _capturing(loaded: LoadedModel) -> Iterator[list[str]]:
+    """What the forward runs under while fxbench captures it and computes its reference: the capture
+    shims of its model type; torch.distributions without argument validation (a forecaster's head
+    builds a distribution, whose checks on the values torch.export can only fail on)."""
+    import torch.distributions as distributions
+
+    validate = distributions.Distribution._validate_args
+    distributions.Distribution.set_default_validate_args(False)
+    try:
+        with capture_shims(loaded.config.model_type) as names:
+            yield names
+    finally:
+        distributions.Distribution.set_default_validate_args(validate)
+
+
+def _eager(loaded: LoadedModel, inputs: SampleInputs, align: Mapping[str, int]) -> tuple[FlatOutputs, tuple[torch.Tensor, ...]]:
+    """The flat-output wrapper of the model and its reference outputs on the sample, run twice: a model
+    whose outputs change between two identical calls cannot be checked against eager at all."""
+    try:
+        with torch.no_grad(), _capturing(loaded):
+            raw = loaded.model(**inputs.tensors)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
+        raise eager_failure(exc, _model_type(loaded), list(inputs.tensors)) from exc
+    paths = _output_paths(raw)
+    if not paths:
+        raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")
+    eager = _with_signature(FlatOutputs(loaded.model, list(inputs.tensors), paths, align))
+    reference = run_module(eager, inputs.tensors)
+    again = run_module(eager, inputs.tensors)
+    for name, a, b in zip(eager.output_names, reference, again):
+        if a.is_floating_point() and not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True):
+            raise CaptureError(
+                f"{type(loaded.model).__name__} gives different {name} on two identical calls (random sampling in its forward, "
+                f"e.g. Informer's ProbSparse attention when its factor does not cover the sequence); fxbench can only check a "
+                f"deterministic forward: change the config (attention_type='full') or pick another --task"
+            )
+    return eager, reference
+
+
+def _downgrade(plans: dict[str, AxisPlan | None], kind: str, reason: str) -> None:
+    plans[kind] = AxisPlan(False, reason=reason)
+
+
+_AXIS_NAMES = {"image": (HEIGHT, WIDTH), "audio": (_axes.SAMPLES, _axes.FRAMES)}
+
+
+def _refined_spec(spec: dict[str, dict[int, Any]] | None, records: dict[str, dict[int, AxisRecord]]) -> dict[str, dict[int, Any]] | None:
+    """The capture's dynamic_shapes with the image and time axes at the ranges the program accepts:
+    what re-exports use, and what reports, checks and TensorRT profiles read."""
+    if spec is None:
+        return None
+    out = {name: dict(axes) for name, axes in spec.items()}
+    for name, axes in records.items():
+        for axis, rec in axes.items():
+            if rec.multiple > 1:
+                root = torch.export.Dim(f"_{rec.name}", min=max(1, rec.min // rec.multiple), max=max(2, rec.max // rec.multiple))
+                derived = rec.multiple * root
+                derived.__name__ = rec.name
+                out[name][axis] = derived
+            else:
+                out[name][axis] = dynamic_axis(rec.name, rec.min, rec.max)
+    # Inputs sharing an axis name share the spec object, as torch.export requires of equal dims.
+    shared: dict[str, Any] = {}
+    for axes in out.values():
+        for axis, dim in axes.items():
+            axes[axis] = shared.setdefault(dim.__name__, dim)
+    return out
+
+
+def _probe(exported: ExportedProgram, inputs: SampleInputs, records: dict[str, dict[int, AxisRecord]], kind: str) -> str | None:
+    """The failed guard, if the program refuses a size of `kind`'s axes it never saw (a non-square
+    image, another length): torch.export keeps some specializations as guards, not errors."""
+    names = _AXIS_NAMES[kind]
+    found = {r.name: r for axes in records.values() for r in axes.values() if r.name in names}
+    if not found:
+        return None
+    if kind == "image":
+        rec = found.get(HEIGHT) or next(iter(found.values()))
+        assert inputs.image is not None
+        size = _axes.probe_image_size(inputs.image, rec.multiple, rec.min, rec.max)
+        want = {HEIGHT: size[0], WIDTH: size[1]}
+    else:
+        rec = next(iter(found.values()))
+        want = {rec.name: _axes.unseen_length(int(inputs.audio or rec.min), rec.min, rec.max)}
+    sizes = {name: {a: want[r.name] for a, r in axes.items() if r.name in want} for name, axes in records.items()}
+    return _axes.accepts(exported, inputs.tensors, sizes)
+
+
 def capture(
     loaded: LoadedModel,
     *,
@@ -294,42 +460,77 @@ def capture(
     dims: DynamicDims = DynamicDims(),
     use_preprocessor: bool = True,
 ) -> CapturedProgram:
-    """Export `loaded` on sample inputs of (batch, seq) with dynamic batch and sequence dimensions.
+    """Export `loaded` on sample inputs of (batch, seq) with dynamic batch and sequence dimensions,
+    and dynamic image height and width (audio length) where the model allows them.
 
     The eager model runs first on the same inputs: its outputs are the reference every pass and
     artifact is checked against, and they fix the names and order of the graph's outputs.
-    """
-    try:
-        inputs = make_inputs(loaded, batch, seq, use_preprocessor=use_preprocessor)
-    except CaptureError as exc:
-        raise CaptureError(f"sample inputs for {_model_type(loaded)}: {exc}") from exc
-    try:
-        with torch.no_grad():
-            raw = loaded.model(**inputs.tensors)
-    except Exception as exc:  # noqa: BLE001 - any failure here is the model's, reported in one line
-        raise eager_failure(exc, _model_type(loaded), list(inputs.tensors)) from exc
-    paths = _output_paths(raw)
-    if not paths:
-        raise CaptureError(f"the model returned no tensors ({type(raw).__name__}); pick another --task")
-    eager = _with_signature(FlatOutputs(loaded.model, list(inputs.tensors), paths))
-    reference = run_module(eager, inputs.tensors)
-    dynamic = dynamic_shapes_for(loaded, inputs, dims)
 
-    start = time.perf_counter()
-    try:
-        exported = torch.export.export(eager, (), dict(inputs.tensors), dynamic_shapes=dynamic, strict=False)
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
-        raise capture_error(exc, dims.static, _model_type(loaded)) from exc
-    return CapturedProgram(
-        loaded=loaded,
-        eager=eager,
-        exported=exported,
-        inputs=inputs,
-        dims=dims,
-        dynamic_shapes=dynamic,
-        reference=reference,
-        seconds=time.perf_counter() - start,
-    )
+    Image and time axes: fxbench.models.axes plans them (static with a reason for models known to
+    fix them, a multiple for those that pad to one). When torch.export specializes them, or the
+    captured program's guards refuse a size it never saw, they are captured again static, and
+    `static_axes` says why; the ranges the program accepts are read back into `axes`.
+    """
+    plans: dict[str, AxisPlan | None] = {"image": _axes.image_plan(loaded, dims), "audio": _axes.time_plan(loaded, dims)}
+    for _attempt in range(3):
+        image, audio = plans["image"], plans["audio"]
+        size = _axes.image_sample_size(loaded, image)
+        if loaded.task == "image-text-to-text" and size is not None:
+            # The sample text must hold one image's placeholder tokens, and some text after them.
+            seq = max(seq, image_token_count(loaded, size) + 8)
+        try:
+            inputs = make_inputs(loaded, batch, seq, image=size, use_preprocessor=use_preprocessor)
+        except CaptureError as exc:
+            raise CaptureError(f"sample inputs for {_model_type(loaded)}: {exc}") from exc
+        image_dynamic = image is not None and image.dynamic and not dims.static
+        audio_dynamic = audio is not None and audio.dynamic and not dims.static
+        align = {n: image.multiple for n in inputs.tensors if n in ("pixel_values", "pixel_mask")} if image_dynamic and image.multiple > 1 else {}
+        eager, reference = _eager(loaded, inputs, align)
+        dynamic = dynamic_shapes_for(
+            loaded, inputs, dims,
+            image=_axes.image_spec(image, dims, size) if image_dynamic and size else None,
+            time=_axes.time_spec(loaded, dims, inputs) if audio_dynamic else None,
+        )
+        start = time.perf_counter()
+        try:
+            with _capturing(loaded) as shims:
+                exported = torch.export.export(eager, (), dict(inputs.tensors), dynamic_shapes=dynamic, strict=False)
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many types; all become one line
+            retried = False
+            for kind, dyn in (("image", image_dynamic), ("audio", audio_dynamic)):
+                reason = _axes.violation_reason(str(exc), _AXIS_NAMES[kind]) if dyn else None
+                if reason:
+                    _downgrade(plans, kind, reason)
+                    retried = True
+            if retried:
+                continue
+            raise capture_error(exc, dims.static, _model_type(loaded)) from exc
+        seconds = time.perf_counter() - start
+        names = tuple(n for kind, dyn in (("image", image_dynamic), ("audio", audio_dynamic)) if dyn for n in _AXIS_NAMES[kind])
+        multiples = {HEIGHT: image.multiple, WIDTH: image.multiple} if image_dynamic and image else {}
+        records = _axes.axis_records(exported, dynamic, multiples)
+        records = {n: {a: r for a, r in axes.items() if r.name in names} for n, axes in records.items()}
+        records = _axes.tighten(exported, inputs.tensors, {n: a for n, a in records.items() if a}, names)
+        refused = {kind: _probe(exported, inputs, records, kind) for kind, dyn in (("image", image_dynamic), ("audio", audio_dynamic)) if dyn}
+        refused = {k: v for k, v in refused.items() if v}
+        if refused:
+            for kind, guard in refused.items():
+                _downgrade(plans, kind, f"the captured program only accepts the sample's {kind} size ({guard})")
+            continue
+        return CapturedProgram(
+            loaded=loaded,
+            eager=eager,
+            exported=exported,
+            inputs=inputs,
+            dims=dims,
+            dynamic_shapes=_refined_spec(dynamic, records),
+            reference=reference,
+            seconds=seconds,
+            axes=records,
+            static_axes={kind: plan.reason for kind, plan in plans.items() if plan is not None and not plan.dynamic},
+            shims=tuple(shims),
+        )
+    raise CaptureError(f"{type(loaded.model).__name__}: its image or audio axes could not be captured dynamic nor static; try --static")
 
 
 def export_graph_module(module: torch.nn.Module, captured: CapturedProgram) -> ExportedProgram:

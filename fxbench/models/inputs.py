@@ -1,4 +1,4 @@
-"""Sample inputs for every modality, and the dynamic dimensions (batch, sequence) they may vary along."""
+"""Sample inputs for every modality, and the dynamic dimensions (batch, sequence, image, time) they may vary along."""
 
 from __future__ import annotations
 
@@ -14,12 +14,29 @@ from fxbench.errors import CaptureError
 from fxbench.models.loading import LoadedModel
 from fxbench.models.sentences import SENTENCES
 
-__all__ = ["DynamicDims", "SampleInputs", "make_inputs", "dynamic_shapes_for", "forward_parameters", "max_positions"]
+__all__ = [
+    "DEFAULT_AUDIO_RANGE",
+    "DEFAULT_IMAGE_RANGE",
+    "DynamicDims",
+    "SampleInputs",
+    "dynamic_axis",
+    "dynamic_shapes_for",
+    "forward_parameters",
+    "image_size_of",
+    "make_inputs",
+    "max_positions",
+]
 
 # Inputs whose axis 1 is the (encoder) token sequence.
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 _DECODER_INPUTS = ("decoder_input_ids", "decoder_attention_mask")
+_IMAGE_INPUTS = ("pixel_values", "pixel_mask")
 _SAMPLE_RATE = 16_000
+# Image sides the capture accepts when --image-range is not given (the model's own guards narrow it:
+# a ResNet needs more than 32 px). Detection runs near 800 x 1333, so the top is well above that.
+DEFAULT_IMAGE_RANGE = (32, 2048)
+# Waveform samples (16 kHz) or feature frames the capture accepts: up to 30 s of speech.
+DEFAULT_AUDIO_RANGE = (2, 30 * _SAMPLE_RATE)
 
 
 @dataclass(frozen=True)
@@ -27,36 +44,52 @@ class DynamicDims:
     """Ranges the exported program accepts; `static` pins every dimension to the sample's.
 
     torch.export specializes dimensions of size 0 and 1, so a dynamic batch is captured from a
-    sample batch of at least 2 and still accepts batch 1 afterwards.
+    sample batch of at least 2 and still accepts batch 1 afterwards. `image` bounds the height and
+    width of vision inputs (None: DEFAULT_IMAGE_RANGE, narrowed to what the model accepts).
     """
 
     batch: tuple[int, int] = (1, 64)
     seq: tuple[int, int] = (2, 512)
     static: bool = False
+    image: tuple[int, int] | None = None
+    audio: tuple[int, int] = DEFAULT_AUDIO_RANGE
 
     def __post_init__(self) -> None:
-        for name, (lo, hi) in (("batch", self.batch), ("seq", self.seq)):
+        for name, pair in (("batch", self.batch), ("seq", self.seq), ("image", self.image), ("audio", self.audio)):
+            if pair is None:
+                continue
+            lo, hi = pair
             if not 1 <= lo <= hi:
                 raise CaptureError(f"bad {name} range {lo}:{hi}; expected 1 <= MIN <= MAX")
+
+    @property
+    def image_range(self) -> tuple[int, int]:
+        return self.image or DEFAULT_IMAGE_RANGE
 
 
 @dataclass(frozen=True)
 class SampleInputs:
-    """Named input tensors for one forward pass, and where they came from."""
+    """Named input tensors for one forward pass, the shape they were made at, and where they came from."""
 
     tensors: dict[str, torch.Tensor]
-    origin: str  # "tokenizer", "image processor", "feature extractor" or "config"
+    origin: str  # "tokenizer", "image processor", "feature extractor", "processor" or "config"
     batch: int
     seq: int | None
+    image: tuple[int, int] | None = None  # (height, width) of image inputs
+    audio: int | None = None  # waveform samples (or feature frames) of audio inputs
+    choices: int | None = None  # multiple choice: choices per example
 
     def shapes(self) -> dict[str, list[int]]:
         return {k: list(v.shape) for k, v in self.tensors.items()}
 
     def describe(self) -> dict[str, Any]:
+        extra = {k: v for k, v in (("image", list(self.image) if self.image else None), ("audio", self.audio),
+                                    ("choices", self.choices)) if v is not None}
         return {
             "origin": self.origin,
             "batch": self.batch,
             "seq": self.seq,
+            **extra,
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in self.tensors.items()},
         }
 
@@ -81,17 +114,32 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def _text_from_tokenizer(tokenizer: Any, batch: int, seq: int) -> dict[str, torch.Tensor]:
+def dynamic_axis(name: str, lo: int, hi: int) -> Any:
+    """A torch.export DYNAMIC hint for an image or time axis, named like a Dim (`__name__`, `min`,
+    `max`) for ONNX axis names and reports. Unlike a strict Dim, torch refines its range to what
+    the model accepts (a ResNet needs more than 32 px, a wav2vec2 at least one conv window) and
+    keeps guards it cannot prove; capture reads the real range back from the program."""
+    hint = Dim.DYNAMIC(min=lo, max=hi)
+    hint.__name__ = name
+    return hint
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+def _vocab_size(config: Any) -> int:
+    return int(getattr(_text_config(config), "vocab_size", 0) or 0)
+
+
+def _text_from_tokenizer(tokenizer: Any, batch: int, seq: int, offset: int = 0) -> dict[str, torch.Tensor]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
+    texts = [SENTENCES[(i + offset) % len(SENTENCES)] for i in range(batch)]
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
     return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
 
 
 def _text_from_config(config: Any, batch: int, seq: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    config = _text_config(config)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    vocab = _vocab_size(config)
     if vocab <= 0:
         raise CaptureError("the config has no vocab_size to draw token ids from; the model needs its tokenizer")
     ids = torch.randint(0, vocab, (batch, seq), generator=gen)
@@ -101,22 +149,83 @@ def _text_from_config(config: Any, batch: int, seq: int, gen: torch.Generator) -
     return out
 
 
-def _synthetic_images(batch: int, size: int) -> list[np.ndarray]:
+def _tokenizer_of(pre: Any) -> Any | None:
+    tok = getattr(pre, "tokenizer", pre)
+    return tok if tok is not None and callable(tok) and hasattr(tok, "pad_token") else None
+
+
+def _text(loaded: LoadedModel, pre: Any, batch: int, seq: int, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
+    limit = max_positions(loaded.config)
+    if limit is not None and seq > limit:
+        raise CaptureError(f"sequence length {seq} exceeds the model's {limit} positions; use a smaller --seq")
+    tok = _tokenizer_of(pre)
+    if tok is not None:
+        return _text_from_tokenizer(tok, batch, seq), "tokenizer"
+    return _text_from_config(loaded.config, batch, seq, gen), "config"
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def _synthetic_images(batch: int, height: int, width: int | None = None) -> list[np.ndarray]:
     """Deterministic RGB images, different per sample: smooth gradients with a bright square."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    width = width or height
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
     images = []
     for i in range(batch):
         phase = i / max(batch, 1)
         img = np.stack([xx, yy, (xx + yy + phase) % 1.0], axis=-1)
-        lo, hi = int(size * (0.2 + 0.3 * phase)), int(size * (0.5 + 0.3 * phase))
-        img[lo:hi, lo:hi, :] = 1.0
+        top, bottom = int(height * (0.2 + 0.3 * phase)), int(height * (0.5 + 0.3 * phase))
+        left, right = int(width * (0.2 + 0.3 * phase)), int(width * (0.5 + 0.3 * phase))
+        img[top:bottom, left:right, :] = 1.0
         images.append((img * 255).astype(np.uint8))
     return images
 
 
-def _synthetic_waves(batch: int, seconds: float = 2.0) -> list[np.ndarray]:
+def _vision_config(config: Any) -> Any:
+    return getattr(config, "vision_config", None) or config
+
+
+def image_size_of(config: Any, preprocessor: Any | None = None) -> tuple[int, int]:
+    """The (height, width) a model is made for: its config's image_size, else its processor's, else 224."""
+    size = getattr(_vision_config(config), "image_size", None)
+    if isinstance(size, (list, tuple)) and size:
+        return int(size[0]), int(size[-1])
+    if isinstance(size, int):
+        return size, size
+    image_processor = getattr(preprocessor, "image_processor", preprocessor)
+    psize = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
+    if isinstance(psize, dict):
+        h = psize.get("height") or psize.get("shortest_edge")
+        w = psize.get("width") or h
+        if h:
+            return int(h), int(w)
+    return 224, 224
+
+
+def _images(loaded: LoadedModel, pre: Any, batch: int, size: tuple[int, int], gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str | None]:
+    """pixel_values (and pixel_mask where the processor makes one) at exactly `size`: synthetic images
+    drawn at that size and normalized by the model's processor without resizing or cropping."""
+    image_processor = getattr(pre, "image_processor", pre)
+    if image_processor is not None and hasattr(image_processor, "preprocess"):
+        try:
+            out = image_processor(images=_synthetic_images(batch, *size), do_resize=False, do_center_crop=False, return_tensors="pt")
+            tensors = {"pixel_values": out["pixel_values"].float()}
+            if "pixel_mask" in out:
+                tensors["pixel_mask"] = out["pixel_mask"].long()
+            if tuple(tensors["pixel_values"].shape[-2:]) == tuple(size):
+                return tensors, "image processor"
+        except (ImportError, ValueError, TypeError, KeyError):
+            pass
+    channels = int(getattr(_vision_config(loaded.config), "num_channels", 3))
+    return {"pixel_values": torch.randn(batch, channels, *size, generator=gen)}, None
+
+
+# --- audio --------------------------------------------------------------------------------------
+
+def _synthetic_waves(batch: int, samples: int) -> list[np.ndarray]:
     """Deterministic speech-band audio: a chirp plus a tone, different per sample."""
-    t = np.arange(int(_SAMPLE_RATE * seconds), dtype=np.float32) / _SAMPLE_RATE
+    t = np.arange(samples, dtype=np.float32) / _SAMPLE_RATE
     waves = []
     for i in range(batch):
         f0 = 200.0 + 50.0 * i
@@ -125,114 +234,218 @@ def _synthetic_waves(batch: int, seconds: float = 2.0) -> list[np.ndarray]:
     return waves
 
 
-def _image_size(config: Any, preprocessor: Any | None) -> int:
-    size = getattr(config, "image_size", None)
-    if isinstance(size, (list, tuple)):
-        size = size[0]
-    if isinstance(size, int):
-        return size
-    psize = getattr(preprocessor, "crop_size", None) or getattr(preprocessor, "size", None)
-    if isinstance(psize, dict):
-        return int(psize.get("height") or psize.get("shortest_edge") or 224)
-    return 224
+def _audio(loaded: LoadedModel, pre: Any, batch: int, length: int | None, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str, int]:
+    config, main = loaded.config, loaded.main_input_name
+    if pre is not None:
+        try:
+            samples = length or 2 * _SAMPLE_RATE
+            out = pre(_synthetic_waves(batch, samples), sampling_rate=_SAMPLE_RATE, return_tensors="pt")
+            tensor = out[main].float()
+            return {main: tensor}, "feature extractor", samples
+        except (ImportError, ValueError, TypeError, KeyError):
+            pass
+    if main == "input_features":
+        bins = int(getattr(config, "num_mel_bins", 0) or getattr(config, "input_feat_per_channel", 80))
+        if config.model_type == "whisper":
+            frames = 2 * int(getattr(config, "max_source_positions", 1500))
+            return {main: torch.randn(batch, bins, frames, generator=gen)}, "config", frames
+        frames = length or 200
+        return {main: torch.randn(batch, frames, bins, generator=gen)}, "config", frames
+    samples = length or _SAMPLE_RATE
+    return {main: torch.randn(batch, samples, generator=gen)}, "config", samples
 
 
-def make_inputs(loaded: LoadedModel, batch: int = 2, seq: int = 16, *, seed: int = 0, use_preprocessor: bool = True) -> SampleInputs:
-    """Inputs for `loaded` at (batch, seq): from its own tokenizer / processor where it has one
-    (fixed real sentences, synthetic images or audio), else drawn from the config."""
+# --- multimodal ---------------------------------------------------------------------------------
+
+def image_token_count(loaded: LoadedModel, size: tuple[int, int]) -> int:
+    """How many placeholder tokens one image becomes in a vision-language model's text: the length of
+    its image features, from the model's own get_image_features on one blank image (cached)."""
+    cache = loaded.__dict__.setdefault("_image_tokens", {})
+    if size not in cache:
+        get = getattr(loaded.model, "get_image_features", None)
+        if get is None:
+            raise CaptureError(f"{type(loaded.model).__name__} has no get_image_features to count its image tokens; pass --task feature-extraction")
+        channels = int(getattr(_vision_config(loaded.config), "num_channels", 3))
+        with torch.no_grad():
+            feats = get(pixel_values=torch.zeros(1, channels, *size))
+        feats = getattr(feats, "pooler_output", feats)
+        if isinstance(feats, (list, tuple)):
+            feats = feats[0]
+        cache[size] = int(feats.shape[-2]) if feats.dim() >= 2 else int(feats.numel())
+    return cache[size]
+
+
+def _image_token_id(config: Any) -> int | None:
+    for attr in ("image_token_id", "image_token_index"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _vlm_text(loaded: LoadedModel, pre: Any, batch: int, seq: int, size: tuple[int, int], gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
+    """Token ids with one image's placeholder tokens after the first token, then text."""
+    token = _image_token_id(loaded.config)
+    if token is None:
+        raise CaptureError(f"{type(loaded.model).__name__}'s config names no image token id; pass --task feature-extraction")
+    count = image_token_count(loaded, size)
+    if seq < count + 2:
+        raise CaptureError(f"sequence length {seq} cannot hold the {count} image tokens of one image; use --seq {count + 8} or more")
+    tensors, origin = _text(loaded, pre, batch, seq, gen)
+    ids = tensors["input_ids"].clone()
+    ids[ids == token] = 0 if token else 1  # a sentence's own tokens must not read as image placeholders
+    ids[:, 1:1 + count] = token
+    tensors["input_ids"] = ids
+    tensors["attention_mask"] = torch.ones_like(ids)
+    return tensors, origin
+
+
+# --- time series --------------------------------------------------------------------------------
+
+def _time_series(loaded: LoadedModel, batch: int, gen: torch.Generator, accepted: set[str]) -> dict[str, torch.Tensor]:
+    """The windows a forecasting model reads, from its config: the past (context plus the largest lag)
+    with its time features and observed mask, and the future's time features and values (teacher forcing)."""
+    c = loaded.config
+    if "past_time_features" in accepted:  # Informer, Autoformer, Time Series Transformer
+        past = int(c.context_length) + max(c.lags_sequence)
+        future = int(c.prediction_length)
+        channels = () if int(getattr(c, "input_size", 1)) == 1 else (int(c.input_size),)
+        feats = int(c.num_time_features)
+        out = {
+            "past_values": torch.randn(batch, past, *channels, generator=gen),
+            "past_time_features": torch.randn(batch, past, feats, generator=gen),
+            "past_observed_mask": torch.ones(batch, past, *channels),
+            "future_time_features": torch.randn(batch, future, feats, generator=gen),
+            "future_values": torch.randn(batch, future, *channels, generator=gen),
+        }
+        if int(getattr(c, "num_static_categorical_features", 0)):
+            out["static_categorical_features"] = torch.stack(
+                [torch.randint(0, k, (batch,), generator=gen) for k in c.cardinality], dim=1)
+        if int(getattr(c, "num_static_real_features", 0)):
+            out["static_real_features"] = torch.randn(batch, int(c.num_static_real_features), generator=gen)
+        return out
+    channels = int(getattr(c, "num_input_channels", 1))  # PatchTST, PatchTSMixer
+    return {"past_values": torch.randn(batch, int(c.context_length), channels, generator=gen)}
+
+
+# --- all ----------------------------------------------------------------------------------------
+
+def make_inputs(
+    loaded: LoadedModel, batch: int = 2, seq: int = 16, *, image: tuple[int, int] | None = None, audio: int | None = None,
+    choices: int | None = None, seed: int = 0, use_preprocessor: bool = True,
+) -> SampleInputs:
+    """Inputs for `loaded` at (batch, seq, image size, audio length): from its own tokenizer / processor
+    where it has one (fixed real sentences, synthetic images or audio), else drawn from the config.
+
+    `image` is (height, width), default the model's own size; `audio` is waveform samples (or feature
+    frames), default 1 s (2 s through a feature extractor); `choices` the choices per example of a
+    multiple-choice head (default 2). A dual encoder (zero-shot image classification) gets one more
+    text than images, so that the two batches are told apart.
+    """
     gen = torch.Generator().manual_seed(seed)
     config, pre = loaded.config, (loaded.preprocessor if use_preprocessor else None)
     accepted = set(forward_parameters(loaded.model))
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] = {}
     seq_out: int | None = seq
+    size_out: tuple[int, int] | None = None
+    audio_out: int | None = None
+    choices_out: int | None = None
+    origin = "config"
 
     if loaded.modality == "text":
-        limit = max_positions(config)
-        if limit is not None and seq > limit:
-            raise CaptureError(f"sequence length {seq} exceeds the model's {limit} positions; use a smaller --seq")
-        if pre is not None and callable(pre):
-            tensors, origin = _text_from_tokenizer(pre, batch, seq), "tokenizer"
+        if loaded.task == "multiple-choice":
+            choices_out = choices or 2
+            flat, origin = _text(loaded, pre, batch * choices_out, seq, gen)
+            tensors = {k: v.reshape(batch, choices_out, seq) for k, v in flat.items()}
         else:
-            tensors, origin = _text_from_config(config, batch, seq, gen), "config"
+            tensors, origin = _text(loaded, pre, batch, seq, gen)
     elif loaded.modality == "vision":
         seq_out = None
-        size = _image_size(config, pre)
-        tensors = {}
-        if pre is not None:
-            try:
-                out = pre(images=_synthetic_images(batch, size), return_tensors="pt")
-                tensors, origin = {"pixel_values": out["pixel_values"].float()}, "image processor"
-            except (ImportError, ValueError, TypeError):
-                tensors = {}
-        if not tensors:
-            channels = int(getattr(config, "num_channels", 3))
-            tensors, origin = {"pixel_values": torch.randn(batch, channels, size, size, generator=gen)}, "config"
+        size_out = image or image_size_of(config, pre)
+        tensors, made = _images(loaded, pre, batch, size_out, gen)
+        origin = made or "config"
     elif loaded.modality == "audio":
-        tensors = {}
-        main = loaded.main_input_name
-        if pre is not None:
-            try:
-                out = pre(_synthetic_waves(batch), sampling_rate=_SAMPLE_RATE, return_tensors="pt")
-                tensors, origin = {main: out[main].float()}, "feature extractor"
-            except (ImportError, ValueError, TypeError, KeyError):
-                tensors = {}
-        if not tensors:
-            if main == "input_features":
-                if not isinstance(getattr(config, "num_mel_bins", None), int):  # Speech2Text: features per channel, time first
-                    raise CaptureError(f"the config names no num_mel_bins to draw {main} from; the model needs its feature "
-                                       f"extractor (preprocessor_config.json in its folder)")
-                frames = 2 * int(getattr(config, "max_source_positions", 1500))
-                tensors = {main: torch.randn(batch, int(config.num_mel_bins), frames, generator=gen)}
-            else:
-                tensors = {main: torch.randn(batch, _SAMPLE_RATE, generator=gen)}
-            origin = "config"
+        tensors, origin, audio_out = _audio(loaded, pre, batch, audio, gen)
         if not loaded.is_encoder_decoder:
             seq_out = None
+    elif loaded.modality == "multimodal":
+        size_out = image or image_size_of(config, pre)
+        pixels, made = _images(loaded, pre, batch, size_out, gen)
+        if loaded.task == "image-text-to-text":
+            tensors, origin = _vlm_text(loaded, pre, batch, seq, size_out, gen)
+        else:  # a dual encoder: texts and images are two batches
+            tensors, origin = _text(loaded, pre, batch + 1, seq, gen)
+        tensors.update(pixels)
+        origin = "processor" if made and origin == "tokenizer" else origin
+    elif loaded.modality == "time-series":
+        seq_out = None
+        tensors = _time_series(loaded, batch, gen, accepted)
     else:  # pragma: no cover - modality comes from a closed table
         raise CaptureError(f"no sample inputs for modality {loaded.modality!r}")
 
-    vision = getattr(config, "vision_config", None)
-    if loaded.modality == "text" and vision is not None and "pixel_values" in accepted:
-        # A text-and-image model (CLIP, SigLIP): its image tower's input beside the tokens.
-        size = _image_size(vision, None)
-        tensors["pixel_values"] = torch.randn(batch, int(getattr(vision, "num_channels", 3)), size, size, generator=gen)
-
-    if loaded.is_encoder_decoder and "decoder_input_ids" in accepted:
+    if loaded.is_encoder_decoder and "decoder_input_ids" in accepted and loaded.modality != "time-series":
         limit = getattr(config, "max_target_positions", None) or max_positions(config)
         if limit is not None and seq > limit:
             raise CaptureError(f"decoder length {seq} exceeds the model's {limit} positions; use a smaller --seq")
         start = getattr(config, "decoder_start_token_id", None)
         start = 0 if start is None else int(start)
-        ids = torch.randint(0, int(config.vocab_size), (batch, seq), generator=gen)
+        ids = torch.randint(0, _vocab_size(config), (batch, seq), generator=gen)
         ids[:, 0] = start
         tensors["decoder_input_ids"] = ids
 
     tensors = {k: v for k, v in tensors.items() if k in accepted}
-    return SampleInputs(tensors=tensors, origin=origin, batch=batch, seq=seq_out)
+    return SampleInputs(tensors=tensors, origin=origin, batch=batch, seq=seq_out, image=size_out, audio=audio_out, choices=choices_out)
 
 
-def dynamic_shapes_for(loaded: LoadedModel, inputs: SampleInputs, dims: DynamicDims) -> dict[str, dict[int, Dim]] | None:
-    """torch.export dynamic_shapes for `inputs`: batch on axis 0 of every input, sequence on axis 1
-    of token inputs (encoder and decoder each their own), capped at the model's positions."""
+def dynamic_shapes_for(
+    loaded: LoadedModel, inputs: SampleInputs, dims: DynamicDims, *, image: tuple[Any, Any] | None = None, time: Any | None = None,
+) -> dict[str, dict[int, Any]] | None:
+    """torch.export dynamic_shapes for `inputs`: batch on axis 0 of every input (a dual encoder's
+    texts on their own `text_batch`), sequence on the token axis of text inputs (encoder and decoder
+    each their own, capped at the model's positions), `choices` for multiple choice; and, where the
+    caller passes them (fxbench.models.axes decides), the (height, width) axes of image inputs and
+    the time axis of audio inputs."""
     if dims.static:
         return None
     if inputs.batch < 2:
         raise CaptureError("a dynamic batch needs a sample batch of at least 2 (torch.export specializes 0 and 1); use --batch 2 or --static")
     # The sample must lie inside each range, or export rejects it.
     batch = Dim("batch", min=min(dims.batch[0], inputs.batch), max=max(dims.batch[1], inputs.batch))
+    text_batch = Dim("text_batch", min=min(dims.batch[0], inputs.batch + 1), max=max(dims.batch[1], inputs.batch + 1))
     sample_seq = inputs.seq or 2
     seq_min = min(max(dims.seq[0], 2), sample_seq)
+    if loaded.task == "image-text-to-text":  # a sequence must hold its image's tokens
+        seq_min = min(image_token_count(loaded, inputs.image or (224, 224)) + 2, sample_seq)
     limit = max_positions(loaded.config) or dims.seq[1]
     seq = Dim("seq", min=seq_min, max=max(min(dims.seq[1], limit), sample_seq))
     dec_limit = getattr(loaded.config, "max_target_positions", None) or limit
     dec_seq = Dim("decoder_seq", min=seq_min, max=max(min(dims.seq[1], dec_limit), sample_seq))
+    choices = Dim("choices", min=1, max=max(64, inputs.choices or 2))
+    dual = loaded.modality == "multimodal" and loaded.task != "image-text-to-text"
 
-    shapes: dict[str, dict[int, Dim]] = {}
+    shapes: dict[str, dict[int, Any]] = {}
     for name, tensor in inputs.tensors.items():
-        spec: dict[int, Dim] = {0: batch}
+        spec: dict[int, Any] = {0: batch}
         if name in _TEXT_INPUTS and tensor.dim() >= 2:
-            spec[1] = seq
+            if dual:
+                spec[0] = text_batch
+            if inputs.choices is not None and tensor.dim() == 3:
+                spec[1], spec[2] = choices, seq
+            else:
+                spec[1] = seq
         elif name in _DECODER_INPUTS and tensor.dim() >= 2:
             spec[1] = dec_seq
+        elif name in _IMAGE_INPUTS and image is not None and tensor.dim() >= 3:
+            spec[tensor.dim() - 2], spec[tensor.dim() - 1] = image
+        elif name == loaded.main_input_name and loaded.modality == "audio" and time is not None:
+            spec[_time_axis(loaded, tensor)] = time
         shapes[name] = spec
     return shapes
+
+
+def _time_axis(loaded: LoadedModel, tensor: torch.Tensor) -> int:
+    """The time axis of an audio input: axis 1 of a waveform; of features, the axis that is not the mel bins."""
+    if tensor.dim() == 2:
+        return 1
+    bins = int(getattr(loaded.config, "num_mel_bins", 0) or getattr(loaded.config, "input_feat_per_channel", 0) or 0)
+    return 1 if tensor.shape[2] == bins else 2

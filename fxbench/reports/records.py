@@ -84,8 +84,13 @@ class ReportHeader(_Record):
 
 @dataclass(frozen=True)
 class CaptureRecord(_Record):
+    """How long the capture took, its size, and its image / time axes: the dynamic ones with the
+    ranges the program accepts, and for the kinds kept static, why (one line each)."""
+
     seconds: float
     nodes: int
+    axes: str = ""
+    static_axes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

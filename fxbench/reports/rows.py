@@ -214,6 +214,7 @@ def summary_lines(report: OptimizeReport) -> list[str]:
         f"model: {model.model_id or model.source} ({model.architecture}, {model.task}, {model.parameters / 1e6:.1f}M parameters)",
         f"pipeline: {pipe.name or 'custom'} ({' → '.join(pipe.passes)})",
         f"device: {report.device}",
+        *([f"capture: {report.capture.axes}"] if report.capture.axes else []),
         f"final parity against {parity.against}: cosine {_cos(parity.final)}, max abs error {_err(parity.final)}",
     ]
     if report.header.inputs.get("warning"):

@@ -13,6 +13,7 @@ from fxbench.runtime.bench import (
     Workload,
     best_artifact,
     bench,
+    parse_image_sizes,
     shapes_from,
 )
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
@@ -38,5 +39,6 @@ __all__ = [
     "default_backends",
     "folder_backends",
     "parse_backends",
+    "parse_image_sizes",
     "shapes_from",
 ]

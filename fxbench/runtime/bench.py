@@ -41,6 +41,7 @@ __all__ = [
     "best_artifact",
     "bench",
     "check_labels",
+    "parse_image_sizes",
     "shapes_from",
 ]
 
@@ -51,19 +52,41 @@ BASELINE = "eager"
 class Shape:
     batch: int
     seq: int | None  # None for inputs without a sequence axis (images, CTC audio)
+    image: tuple[int, int] | None = None  # (height, width) of image inputs; None: the capture's own
 
     @property
     def label(self) -> str:
-        return f"b{self.batch}" + (f" s{self.seq}" if self.seq is not None else "")
+        return (f"b{self.batch}" + (f" s{self.seq}" if self.seq is not None else "")
+                + (f" {self.image[0]}x{self.image[1]}" if self.image is not None else ""))
 
 
-def shapes_from(batches: Sequence[int], seqs: Sequence[int], *, has_seq: bool = True) -> list[Shape]:
-    """The sweep: every batch with every sequence length (one shape per batch without a sequence axis)."""
+def parse_image_sizes(text: str) -> list[tuple[int, int]]:
+    """`--image-size 224,384,640x480`: a side N is N x N; HxW is height x width."""
+    sizes = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            h, _, w = part.partition("x")
+            size = (int(h), int(w or h))
+        except ValueError:
+            raise BenchOptionError(f"bad --image-size {part!r}; expected N or HxW, comma-separated, such as 224,384,640x480") from None
+        if min(size) < 1:
+            raise BenchOptionError(f"--image-size needs sides >= 1, not {part}")
+        sizes.append(size)
+    return list(dict.fromkeys(sizes))
+
+
+def shapes_from(batches: Sequence[int], seqs: Sequence[int], *, has_seq: bool = True,
+                images: Sequence[tuple[int, int]] = ()) -> list[Shape]:
+    """The sweep: every batch with every sequence length (one shape per batch without a sequence
+    axis), and with every image size when `images` are given."""
     if not batches or any(b < 1 for b in batches):
         raise BenchOptionError(f"--batch needs sizes >= 1, not {list(batches)}")
     if has_seq and (not seqs or any(s < 1 for s in seqs)):
         raise BenchOptionError(f"--seq needs lengths >= 1, not {list(seqs)}")
-    return [Shape(b, s) for b in dict.fromkeys(batches) for s in (dict.fromkeys(seqs) if has_seq else [None])]
+    return [Shape(b, s, i) for b in dict.fromkeys(batches) for s in (dict.fromkeys(seqs) if has_seq else [None])
+            for i in (list(dict.fromkeys(images)) or [None])]
 
 
 @dataclass(frozen=True)
@@ -101,10 +124,11 @@ class Measurement:
     warmup: WarmupRecord | None = None
     memory: MemoryRecord | None = None
     parity: ParityRecord | None = None
+    image: tuple[int, int] | None = None
 
     @property
     def shape(self) -> Shape:
-        return Shape(self.batch, self.seq)
+        return Shape(self.batch, self.seq, self.image)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +184,8 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["shapes"] = [{"batch": s.batch, "seq": s.seq, "label": s.label} for s in self.shapes]
+        data["shapes"] = [{"batch": s.batch, "seq": s.seq, **({"image": list(s.image)} if s.image else {}), "label": s.label}
+                          for s in self.shapes]
         data["speedups"] = {
             b.label: {s.label: self.speedup(b.label, s) for s in self.shapes} for b in self.backends if b.status == "ok"
         }
@@ -280,12 +305,12 @@ class _ShapeRun:
                     self.backend.label, shape.batch, shape.seq, "ok", "" if parity.passed else f"parity: {parity.reason}", device,
                     latency=LatencyStats.from_seconds(self.wall, shape.batch),
                     device_latency=LatencyStats.from_seconds(self.device_times, shape.batch) if self.device_times else None,
-                    warmup=self.warmup, memory=self._probe.record, parity=parity,
+                    warmup=self.warmup, memory=self._probe.record, parity=parity, image=shape.image,
                 )
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
         if self.error is not None:
-            m = Measurement(self.backend.label, shape.batch, shape.seq, "failed", self.error, device)
+            m = Measurement(self.backend.label, shape.batch, shape.seq, "failed", self.error, device, image=shape.image)
         self.bound = None
         self.result = m
         _report(self.events, self.step, m)
