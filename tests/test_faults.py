@@ -568,18 +568,3 @@ def test_a_usage_error_is_one_line_too(args, message):
     proc = fxbench(*args)
     assert proc.returncode == 2
     assert_one_error(proc.stderr, message)
-
-
-def test_audio_inputs_a_config_cannot_describe_are_one_line_naming_the_model():
-    from fxbench.errors import CaptureError
-    from fxbench.models import LoadedModel, capture
-
-    config = transformers.Speech2TextConfig(
-        vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, input_feat_per_channel=8, conv_channels=8, max_source_positions=64,
-    )
-    model = transformers.Speech2TextForConditionalGeneration(config).eval()
-    loaded = LoadedModel("s2t", "automatic-speech-recognition", config, model, "audio")
-    with pytest.raises(CaptureError, match=r"^sample inputs for speech_to_text \(Speech2TextForConditionalGeneration\): the config "
-                                           r"names no num_mel_bins .*feature extractor \(preprocessor_config.json"):
-        capture(loaded)
