@@ -62,6 +62,16 @@ class Parity:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Parity:
+        """From `to_dict`'s form as JSON keeps it: a null error is one that was not finite."""
+        def num(v: Any) -> float:
+            return math.inf if v is None else float(v)
+
+        outputs = tuple(OutputParity(o["name"], num(o["max_abs_error"]), num(o["max_rel_error"]), num(o["cosine"]), bool(o["finite"]))
+                        for o in data.get("outputs") or ())
+        return cls(num(data["max_abs_error"]), num(data["max_rel_error"]), num(data["cosine"]), bool(data["finite"]), outputs)
+
     def brief(self) -> str:
         return f"max_abs={self.max_abs_error:.3g} max_rel={self.max_rel_error:.3g} cos={self.cosine:.6f}"
 
@@ -161,5 +171,6 @@ class Tolerance:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tolerance:
-        """From `to_dict`'s form as JSON keeps it (an unbounded error is written "inf")."""
-        return cls(float(data["min_cosine"]), float(data["max_rel_error"]))
+        """From `to_dict`'s form as JSON keeps it (an unbounded error is null; older reports wrote "inf")."""
+        bound = data.get("max_rel_error")
+        return cls(float(data["min_cosine"]), math.inf if bound is None else float(bound))

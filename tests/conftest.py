@@ -64,3 +64,42 @@ def captured(tiny_dir, minilm_dir):
 
 
 ALL_FAMILIES = [*FAMILIES, "minilm"]
+
+
+# ----- every report.json the suite writes follows the documented schema
+
+_VALIDATED: set[tuple[str, int, int]] = set()
+
+
+@pytest.fixture(autouse=True)
+def reports_follow_the_schema(tmp_path_factory):
+    """After each test, every report.json that fxbench wrote anywhere under the session's temporary
+    folders (a JSON object naming an fxbench_version; test stubs such as `{}` are not reports) is
+    validated against fxbench/reports/schema/report.schema.json; a report that does not follow it
+    fails the test that wrote it (module fixtures': the first test that uses them)."""
+    yield
+    import json
+
+    import jsonschema
+
+    from fxbench.reports.schema import validate_report
+
+    for path in tmp_path_factory.getbasetemp().rglob("report.json"):
+        try:
+            stat = path.stat()
+        except OSError:  # a staging folder renamed away meanwhile
+            continue
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key in _VALIDATED:
+            continue
+        _VALIDATED.add(key)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or "fxbench_version" not in data:
+            continue
+        try:
+            validate_report(data)
+        except jsonschema.ValidationError as exc:
+            pytest.fail(f"{path} does not follow the report schema: {exc.message} at {exc.json_path}", pytrace=False)

@@ -57,8 +57,10 @@ def test_optimize_end_to_end_and_the_saved_program_reloads(tiny_dir, tmp_path):
     proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(out), "--target", "none", "--no-bench", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json", "report.md"]
+    # report.md and report.html are written with --no-bench too (the HTML says the benchmark did not run).
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.html", "report.json", "report.md"]
     assert json.loads((out / "report.json").read_text()) == report
+    assert report["schema_version"] == "1.0" and report["kind"] == "optimize" and report["benchmark"] is None
     assert [r["name"] for r in report["passes"]] == [
         "remove-noops", "fuse-attention", "fold-batchnorm", "fold-constants", "eliminate-common-subexpressions", "eliminate-dead-code",
     ]
@@ -104,8 +106,16 @@ def test_plugin_passes_come_from_entry_points(plugin_site):
 
 
 def test_readme_pass_runs_verified_through_the_cli(plugin_site, tiny_dir, tmp_path):
-    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "o"), "--passes", "decompose-gelu", "--target", "none", "--no-bench", "--json",
+    # --passes adds the pass to the default pipeline (O2), at the end of its stage.
+    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "o"), "--passes", "decompose-gelu", "--to", "none", "--no-bench", "--json",
                    env=with_plugin(plugin_site))
+    assert proc.returncode == 0, proc.stderr
+    names = [r["name"] for r in json.loads(proc.stdout)["passes"]]
+    assert names == ["remove-noops", "fuse-attention", "fold-batchnorm", "fold-constants", "decompose-gelu",
+                     "eliminate-common-subexpressions", "eliminate-dead-code"]
+    # --pipeline none runs exactly the passes given.
+    proc = fxbench("optimize", str(tiny_dir("bert")), "-o", str(tmp_path / "p"), "--pipeline", "none", "--passes", "decompose-gelu", "--to", "none",
+                   "--no-bench", "--json", env=with_plugin(plugin_site))
     assert proc.returncode == 0, proc.stderr
     (rec,) = json.loads(proc.stdout)["passes"]
     assert rec["status"] == "applied"
@@ -159,7 +169,7 @@ def test_force_replaces_an_existing_output(tiny_dir, tmp_path):
     (out / "old.txt").write_text("old")
     proc = fxbench("optimize", str(tiny_dir("gpt2")), "-o", str(out), "--force", "--target", "none", "--no-bench")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.html", "report.json", "report.md"]
 
 
 def test_inspect_prints_graph(tiny_dir):

@@ -40,7 +40,7 @@ def test_optimize_with_targets_keeps_the_artifacts_that_worked_and_exits_nonzero
         assert line.startswith("error: --to tensorrt needs") and "fxbench[tensorrt]" in line
         assert kinds == ["program", "onnx", "onnx-ort"]
         assert [f["target"] for f in report["export_failures"]] == ["tensorrt"]
-        assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.ort.onnx", "model.pt2", "report.json", "report.md"]
+        assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.ort.onnx", "model.pt2", "report.html", "report.json", "report.md"]
     for art in report["artifacts"][1:]:
         assert set(art["parity"]) == {"sample", "batch3_seq40"}
         assert all(p["cosine"] >= 0.99999 for p in art["parity"].values())
@@ -71,6 +71,8 @@ def test_export_adds_to_an_output_folder_and_refuses_to_overwrite(optimized):
     assert int8["file"] == "model.int8-dynamic.onnx" and (out / int8["file"]).is_file()
     assert set(int8["parity"]) == {"sample", "batch3_seq40"} and int8["details"]["quantized_ops"]["MatMulInteger"] > 0
     assert report["export_failures"] == []
+    # report.md and report.html say the same as report.json: they are rewritten with it.
+    assert "model.int8-dynamic.onnx" in (out / "report.md").read_text() and "model.int8-dynamic.onnx" in (out / "report.html").read_text()
 
     again = fxbench("export", str(out), "--to", "onnx")
     assert again.returncode == 2
@@ -84,7 +86,8 @@ def test_export_of_a_model_captures_it_and_writes_a_new_folder(tiny_dir, tmp_pat
     proc = fxbench("export", str(tiny_dir("vit")), "-o", str(out), "--opset", "20", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.html", "report.json", "report.md"]
+    assert report["kind"] == "export" and "## Artifacts" in (out / "report.md").read_text()
     (art,) = report["artifacts"]
     assert art["kind"] == "onnx" and art["details"]["opset"] == 20 and set(art["parity"]) == {"sample", "batch3"}
     assert art["details"]["inputs"]["pixel_values"][0] == "batch"

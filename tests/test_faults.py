@@ -260,9 +260,9 @@ def test_a_corrupt_tokenizer_is_a_warning_and_in_the_report(tiny_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--batch-range", "8:2"], "bad batch range 8:2"),
     (["--seq-range", "0:8"], "bad seq range 0:8"),
-    (["--batch", "0"], "--batch must be at least 1, not 0"),
-    (["--batch", "1"], "--batch 1 cannot capture a dynamic batch"),
-    (["--seq", "0"], "--seq must be at least 1, not 0"),
+    (["--sample-batch", "0"], "--sample-batch must be at least 1, not 0"),
+    (["--sample-batch", "1"], "--sample-batch 1 cannot capture a dynamic batch"),
+    (["--sample-seq", "0"], "--sample-seq must be at least 1, not 0"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--bench-time", "0"], "--time must be positive"),
 ])
@@ -560,8 +560,8 @@ def test_a_pass_failing_under_strict_names_the_model_the_node_and_what_to_try(ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (("optimize", "--bogus"), "error: No such option: --bogus (Possible options: --verbose); see fxbench optimize --help"),
-    (("optimize", "--batch", "x"), "error: Invalid value for '--batch': Input should be a valid integer"),
+    (("optimize", "--bogus"), "error: No such option: --bogus (Possible options: --rounds, --verbose); see fxbench optimize --help"),
+    (("optimize", "--sample-batch", "x"), "error: Invalid value for '--sample-batch': Input should be a valid integer"),
     (("bogus",), "error: No such command 'bogus'; see fxbench --help"),
 ])
 def test_a_usage_error_is_one_line_too(args, message):

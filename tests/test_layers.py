@@ -1,5 +1,6 @@
 """The house's layering: data flows one way (models -> passes -> exporters -> runtime -> reports ->
-jobs -> cli), read statically from every module's imports; and importing measurement loads no job or report."""
+jobs -> cli and the Python API), read statically from every module's imports; and importing
+measurement loads no job or report, and importing fxbench loads no layer at all."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fxbench"
 
-# Each layer and the fxbench layers it may import; the top-level leaves (errors, events, interrupts, numerics,
-# environment) serve every layer and import none.
-LEAVES = {"errors", "events", "interrupts", "numerics", "environment", "__init__"}
+# Each layer and the fxbench layers it may import; the top-level leaves (errors, events, interrupts,
+# numerics, environment, quiet, task_names) serve every layer and import none. The package face
+# (fxbench/__init__.py) imports the API on first use of fxbench.optimize / bench / export, and nothing else.
+LEAVES = {"errors", "events", "interrupts", "numerics", "environment", "quiet", "task_names", "__init__"}
+FACE_MAY_IMPORT = {"api"}
 MAY_IMPORT = {
     "models": set(),
     "passes": {"models"},
@@ -23,6 +26,7 @@ MAY_IMPORT = {
     "reports": {"models", "passes", "exporters", "runtime"},
     "jobs": {"models", "passes", "exporters", "runtime", "reports"},
     "cli": {"models", "passes", "exporters", "runtime", "reports", "jobs"},
+    "api": {"models", "passes", "exporters", "runtime", "reports", "jobs"},
     "__main__": {"cli"},
 }
 
@@ -60,7 +64,8 @@ def _violations(package: Path) -> list[str]:
     wrong = []
     for path in sorted(package.rglob("*.py")):
         me = _layer(_module(path, package))
-        allowed = MAY_IMPORT[me] if me is not None else set()  # a leaf imports no layer
+        face = path == package / "__init__.py"
+        allowed = MAY_IMPORT[me] if me is not None else (FACE_MAY_IMPORT if face else set())  # a leaf imports no layer
         for line, name in _imports(path, package):
             theirs = _layer(name)
             if theirs is not None and theirs != me and theirs not in allowed:
@@ -89,6 +94,16 @@ def test_the_checker_sees_a_wrong_import(tmp_path):
         "runtime/oops.py (runtime) line 1: fxbench.jobs.optimize",
         "runtime/oops.py (runtime) line 2: fxbench.reports.rows",
     ]
+
+
+def test_importing_fxbench_loads_no_layer_until_the_api_is_used():
+    code = ("import sys, fxbench\n"
+            "print(sorted(m for m in sys.modules if m.startswith('fxbench.') and m not in ('fxbench.errors',)), 'torch' in sys.modules)\n"
+            "fxbench.optimize\n"
+            "print('fxbench.api' in sys.modules, 'fxbench.jobs' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[] False", "True True"]
 
 
 @pytest.mark.parametrize("module", ["fxbench.runtime.sessions", "fxbench.runtime"])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from browser import CHROMIUM, layout_width
 
 from fxbench.errors import FxbenchError
 from fxbench.runtime.harness import Measure, Warmup
@@ -53,7 +54,10 @@ def test_best_artifact_is_the_fastest_of_fxbench_within_budget(full_run):
     assert best["worst_cosine"] >= best["min_cosine"] == 0.99
     md = (out / "report.md").read_text()
     assert md.startswith("# fxbench optimize: bert") and "## Passes" in md and "## Artifacts" in md and "## Benchmark" in md
-    assert f"best artifact: {best['backend']}" in md
+    # Named as best when its lead is beyond the noise; otherwise the line says no clear winner, and which it kept.
+    line = next(ln for ln in md.splitlines() if ln.startswith("- best artifact:"))
+    assert line.startswith(f"- best artifact: {best['backend']}") if best["clear"] is not False else (
+        line.startswith("- best artifact: no clear winner") and f"kept {best['backend']}" in line)
     html = (out / "report.html").read_text()
     assert "<svg" in html and 'id="passes"' in html and 'id="artifacts"' in html
 
@@ -75,8 +79,20 @@ def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
     report = result.report_json
     assert [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
     assert all(c["status"] == "ok" and c["best"] is not None for c in report["search"])
+    # One benchmark of every candidate's artifacts beside one eager baseline, each labelled with its pipeline.
+    labels = [b["label"] for b in report["benchmark"]["backends"]]
+    assert labels.count("eager") == 1 and {"ort@O2/model.ort.onnx", "ort@int8-cpu/model.ort.onnx"} <= set(labels)
+    assert {c["best"]["backend"].split("@")[1].split("/")[0] for c in report["search"]} == {"O2", "int8-cpu"}
+    # The winner owns the best artifact of all: the fastest, or (within the noise of it) the more precise.
+    best = report["best"]
+    assert report["pipeline"]["name"] == best["backend"].split("@")[1].split("/")[0]
     fastest = min(report["search"], key=lambda c: c["best"]["median_ms"])
-    assert report["pipeline"]["name"] == fastest["pipeline"]
+    if best["clear"] is not False:
+        assert report["pipeline"]["name"] == fastest["pipeline"]
+    else:
+        assert fastest["best"]["backend"] in best["tied_with"] or fastest["pipeline"] == report["pipeline"]["name"]
+    # Clean timing keys: one prefix per candidate step.
+    assert "O2: passes" in report["seconds"] and not any(k.count(":") > 1 for k in report["seconds"])
     # onnx-ort is built from model.onnx, which stays beside it.
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["model.pt2", "model.onnx", "model.ort.onnx", "report.json", "report.md", "report.html"]
@@ -84,6 +100,14 @@ def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
     int8 = next(c for c in report["search"] if c["pipeline"] == "int8-cpu")
     assert int8["precision"] == "int8" and "quantize-int8-static" in int8["passes"]
     assert "## Search" in (out / "report.md").read_text()
+    # report.html plots accuracy against latency for every candidate's artifacts, and fits 800 px.
+    html = (out / "report.html").read_text()
+    timed = [b["label"] for b in report["benchmark"]["backends"] if b["artifact"]]
+    assert html.count('data-plot="accuracy-latency"') == 1 and all(f'class="point" data-backend="{t}"' in html for t in timed)
+    if CHROMIUM is not None:
+        for width in (800, 1400):
+            scroll, right = layout_width(out / "report.html", tmp_path, width)
+            assert scroll <= width and right <= width, (width, scroll, right)
 
 
 @pytest.mark.parametrize(

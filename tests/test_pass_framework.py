@@ -180,8 +180,11 @@ def test_pipeline_edits_add_replace_remove():
     assert [p.name for p in build_passes("O1", ["-eliminate-common-subexpressions"])] == ["remove-noops", "eliminate-dead-code"]
     edited = build_passes("O1", ["remove-noops:dropout=false"])
     assert len(edited) == 3 and edited[0].options.dropout is False
-    only = build_passes(None, ["eliminate-dead-code"])
-    assert [p.name for p in only] == ["eliminate-dead-code"]
+    # --passes X adds X to the default pipeline (as its help says); the empty pipeline runs X alone.
+    added = [p.name for p in build_passes(None, ["merge-qkv"])]
+    assert added == [p.name for p in build_passes("O2", ["merge-qkv"])] and "merge-qkv" in added and "fuse-attention" in added
+    only = build_passes("none", ["eliminate-dead-code", "remove-noops"])
+    assert [p.name for p in only] == ["eliminate-dead-code", "remove-noops"]
     assert [p.name for p in build_passes(None, [])] == [p.name for p in build_passes("O2")]  # the default pipeline
     with pytest.raises(PassOptionError, match="unknown pipeline 'O9'"):
         build_passes("O9")

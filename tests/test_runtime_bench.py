@@ -8,7 +8,10 @@ import math
 import pytest
 import torch
 
+from fxbench.errors import UnknownBackendError
 from fxbench.jobs import run_benchmark
+from fxbench.reports import rows
+from fxbench.runtime.backends import Backend, parse_backends, unique_labels
 from fxbench.runtime.bench import BackendRecord, BenchResult, Measurement, ParityRecord, Shape, best_artifact, shapes_from
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
 
@@ -117,3 +120,67 @@ def test_best_artifact_is_the_fastest_that_keeps_its_answers():
     assert best_artifact(result, min_cosine=1.01) is None
     # Among fxbench's own artifacts only (baselines ran beside them in the same result).
     assert best_artifact(result, min_cosine=0.9999, among=["aoti@model.aoti.pt2"]).backend == "aoti@model.aoti.pt2"
+
+
+def _spread_result(rows: dict[str, tuple[str, list[float]]]) -> BenchResult:
+    """One shape; per backend (precision, its raw per-run times in ms)."""
+    shape = Shape(1, 8)
+    backends, measurements = [], []
+    for label, (precision, runs) in rows.items():
+        backends.append(BackendRecord(label, label.split("@")[0], "", "cpu", precision, None if label == "eager" else label.split("@")[1], "ok"))
+        parity = ParityRecord(1e-6, 1e-6, 0.99999 if precision == "fp32" else 0.995, True, precision, True, "", None)
+        measurements.append(Measurement(label, 1, 8, "ok", latency=LatencyStats.from_seconds([t / 1e3 for t in runs], 1), parity=parity))
+    return BenchResult({}, "feature-extraction", "cpu", 1, "", (shape,), tuple(backends), tuple(measurements), {}, {}, "", 0.0)
+
+
+def _runs(center: float, spread: float, n: int = 60) -> list[float]:
+    return [center * (1 + spread * ((i * 7919) % n / n - 0.5)) for i in range(n)]
+
+
+def test_the_best_is_named_only_when_its_lead_is_beyond_the_noise():
+    clear = _spread_result({"eager": ("fp32", _runs(40, 0.1)), "ort@a.onnx": ("fp32", _runs(20, 0.05)), "ort@b.onnx": ("fp32", _runs(25, 0.05))})
+    best = best_artifact(clear, min_cosine=0.99)
+    assert best.backend == "ort@a.onnx" and best.clear is True and best.runner_up == "ort@b.onnx" and best.lead == pytest.approx(0.25, rel=0.05)
+    tied = _spread_result({"eager": ("fp32", _runs(40, 0.1)), "ort@a.onnx": ("fp32", _runs(20, 0.4)), "ort@b.onnx": ("fp32", _runs(20.5, 0.4))})
+    best = best_artifact(tied, min_cosine=0.99)
+    assert best.backend == "ort@a.onnx" and best.clear is False and best.tied_with == ("ort@b.onnx",)
+    # Within the noise of an int8 artifact, the fp32 one is kept: speed cannot tell them apart, precision can.
+    mixed = _spread_result({"eager": ("fp32", _runs(40, 0.1)), "ort@int8.onnx": ("int8", _runs(20, 0.4)), "ort@fp32.onnx": ("fp32", _runs(20.5, 0.4))})
+    best = best_artifact(mixed, min_cosine=0.99)
+    assert best.backend == "ort@fp32.onnx" and best.clear is False and best.lead < 0
+    only = best_artifact(mixed, min_cosine=0.99, among=["ort@int8.onnx"])
+    assert only.backend == "ort@int8.onnx" and only.clear is None
+    lines = rows.best_lines(best, 0.99)
+    assert "no clear winner" in lines[0] and "ort@int8.onnx is within the noise of ort@fp32.onnx" in lines[0] and "the higher precision" in lines[0]
+    assert "beyond the noise" in rows.best_lines(best_artifact(clear, min_cosine=0.99), 0.99)[0]
+
+
+def test_the_budget_is_judged_at_every_export_check_too():
+    result = _spread_result({"eager": ("fp32", _runs(40, 0.1)), "ort@a.onnx": ("int8", _runs(20, 0.05)), "ort@b.onnx": ("int8", _runs(25, 0.05))})
+    checks = {"ort@a.onnx": {"sample": {"cosine": 0.996, "max_abs_error": 0.1, "finite": True},
+                             "batch3_seq40": {"cosine": 0.981, "max_abs_error": 0.2, "finite": True}}}
+    best = best_artifact(result, min_cosine=0.99, checks=checks)
+    assert best.backend == "ort@b.onnx"  # a.onnx misses the budget at batch3_seq40, which the benchmark never timed
+    loose = best_artifact(result, min_cosine=0.98, checks=checks)
+    assert loose.backend == "ort@a.onnx" and loose.worst_cosine == 0.981 and loose.worst_at == "batch3_seq40"
+
+
+def test_noisy_measurements_get_a_warning_line():
+    noisy = _spread_result({"eager": ("fp32", _runs(40, 0.6)), "ort@a.onnx": ("fp32", _runs(20, 0.02))})
+    (line,) = rows.noise_lines(noisy)
+    assert line.startswith("warning: noisy timings: spread (IQR/median) >= 10% for eager b1 s8 ") and "ort@a.onnx" not in line
+    assert rows.noise_lines(_spread_result({"eager": ("fp32", _runs(40, 0.05))})) == []
+
+
+def test_labels_stay_unique_across_folders(tmp_path):
+    for run in ("run1", "run2", "other/run1"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "model.onnx").write_bytes(b"x")
+    backends = parse_backends([f"ort@{tmp_path / 'run1' / 'model.onnx'}", f"ort@{tmp_path / 'run2' / 'model.onnx'}",
+                               f"ort@{tmp_path / 'other' / 'run1' / 'model.onnx'}"], device="cpu")
+    # As much of each path as tells them apart (run1/model.onnx twice: one folder more for all three).
+    assert [b.label for b in backends] == [f"ort@{tmp_path.name}/run1/model.onnx", f"ort@{tmp_path.name}/run2/model.onnx",
+                                           "ort@other/run1/model.onnx"]
+    assert len({b.label for b in unique_labels([Backend("eager"), *backends])}) == 4
+    with pytest.raises(UnknownBackendError, match="backend listed twice: ort@model.onnx"):
+        parse_backends([f"ort@{tmp_path / 'run1' / 'model.onnx'}"] * 2, device="cpu")

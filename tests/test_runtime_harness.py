@@ -9,7 +9,7 @@ import pytest
 
 from fxbench.errors import FxbenchError
 from fxbench.runtime.bench import Shape, shapes_from
-from fxbench.runtime.harness import LatencyStats, Measure, Warmup, peak_memory, time_runs
+from fxbench.runtime.harness import LatencyStats, Measure, Warmup, clearly_faster, peak_memory, time_runs
 
 
 def test_statistics_of_a_known_sample_list():
@@ -81,13 +81,41 @@ def test_timed_runs_by_count_or_by_time():
 
 
 def test_rounds_share_the_runs_out():
-    assert Measure(iters=10, rounds=3).per_round() == Measure(iters=4, seconds=2.0 / 3, min_iters=4, max_iters=333_334)
+    assert Measure(iters=10, rounds=3).per_round() == Measure(iters=4, seconds=2.0 / 3, min_iters=4, max_iters=333_334, rounds=1)
     one = Measure(seconds=3.0, min_iters=10, rounds=4).per_round()
     assert (one.iters, one.seconds, one.min_iters, one.rounds) == (None, 0.75, 3, 1)
-    assert Measure(iters=5).per_round() == Measure(iters=5)
+    assert Measure(iters=5, rounds=1).per_round() == Measure(iters=5, rounds=1)
     # time_runs is one backend alone: it times all of the runs at once, whatever the rounds.
     timing = time_runs(lambda: None, device="cpu", warmup=Warmup(iters=0, seconds=0.0), measure=Measure(iters=7, rounds=3))
     assert len(timing.wall) == 7
+
+
+def test_rounds_are_the_default_and_share_exact_counts():
+    assert Measure().rounds == 5  # interleaved unless asked otherwise
+    assert [m.iters for m in map(Measure(iters=10, rounds=3).share, range(3))] == [4, 3, 3]
+    assert [m and m.iters for m in map(Measure(iters=3, rounds=5).share, range(5))] == [1, 1, 1, None, None]
+    timed = Measure(seconds=2.0, min_iters=10, rounds=4).share(0)
+    assert (timed.seconds, timed.min_iters, timed.rounds) == (0.5, 3, 1)  # 10 over 4 rounds: 3, 3, 2, 2
+    assert Measure(seconds=2.0, min_iters=10, rounds=4).share(3).min_iters == 2
+
+
+def test_p95_spread_and_the_medians_interval():
+    stats = LatencyStats.from_seconds([i / 1e3 for i in range(1, 101)], batch=1)  # 1..100 ms
+    assert stats.p95_ms == pytest.approx(95.05) and stats.p25_ms == pytest.approx(25.75) and stats.p75_ms == pytest.approx(75.25)
+    assert stats.iqr_ms == pytest.approx(49.5) and stats.spread == pytest.approx(49.5 / 50.5) and stats.noisy
+    assert stats.median_ci_ms == pytest.approx(1.57 * 49.5 / 10)
+    steady = LatencyStats.from_seconds([0.010 + 0.0001 * (i % 5) for i in range(50)], batch=1)
+    assert not steady.noisy and steady.spread < 0.1  # IQR 0.2 ms of 10.2: 2%
+    data = steady.to_dict()
+    assert {"p95_ms", "iqr_ms", "spread", "noisy", "median_ci_ms"} <= set(data) and LatencyStats.from_dict(data) == steady
+
+
+def test_clearly_faster_needs_notches_that_do_not_overlap():
+    fast = LatencyStats.from_seconds([0.010 + 0.0005 * (i % 5) for i in range(100)], batch=1)  # 10-12 ms
+    slow = LatencyStats.from_seconds([0.013 + 0.0005 * (i % 5) for i in range(100)], batch=1)  # 13-15 ms
+    close = LatencyStats.from_seconds([0.0102 + 0.0005 * (i % 5) for i in range(10)], batch=1)  # 2% slower, few runs
+    assert clearly_faster(fast, slow) and not clearly_faster(slow, fast)
+    assert not clearly_faster(fast, close) and not clearly_faster(close, fast)
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, SKIP_REASON, dump_dom, layout_width, screenshot
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
@@ -18,11 +18,9 @@ from typer.testing import CliRunner
 from fxbench.cli import app
 from fxbench.jobs import run_benchmark
 from fxbench.reports import render_markdown, render_table, write_reports
-from fxbench.reports.html import PALETTE
+from fxbench.reports.html import PALETTE, Box
 from fxbench.runtime.bench import BenchResult, shapes_from
 from fxbench.runtime.harness import Measure, Warmup
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +73,30 @@ def test_terminal_table_renders(result):
 def test_html_report_has_the_plots(reports, result):
     page = reports["html"].read_text()
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    # Latency as distributions (a box per backend and shape, from every run), speedups, the sweeps.
     assert page.count('data-plot="latency"') == 4 and page.count('data-plot="speedup"') == 4
     assert page.count('data-plot="latency-vs-batch"') == 2 and page.count('data-plot="latency-vs-seq"') == 2
-    median = result.measurement("program", result.shapes[0]).latency.median_ms
-    assert f'class="bar latency" data-backend="program" data-value="{median:.6g}"' in page
+    m = result.measurement("program", result.shapes[0])
+    box = Box.of(m)
+    assert (box.q1, box.median, box.q3) == (m.latency.p25_ms, m.latency.median_ms, m.latency.p75_ms) and box.count == m.latency.count
+    assert box.low <= box.q1 and box.high >= box.q3 and all(v < box.low or v > box.high for v in box.outliers)
+    assert f'class="median" data-backend="program" data-value="{m.latency.median_ms:.6g}"' in page
+    # Every output's parity per backend and shape; every statistic in its own table.
+    assert page.count("<td class=\"l\">last_hidden_state</td>") == 2 * 4 and 'id="details"' in page and "p99 ms" in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 def test_html_report_renders_in_headless_chromium(reports, tmp_path):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars"]
-    url = reports["html"].resolve().as_uri()
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    # The browser parsed the SVG into elements: bars, p99 whiskers, sweep lines and their points.
-    assert dom.stdout.count('<svg class="plot"') == 12
-    assert dom.stdout.count('class="bar latency"') == 8 and dom.stdout.count('class="p99"') == 8
-    assert dom.stdout.count('class="series"') == 8 and dom.stdout.count('class="point"') == 16
-    shot = tmp_path / "report.png"
-    proc = subprocess.run([CHROMIUM, *flags, "--window-size=1280,4000", f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    dom = dump_dom(reports["html"], tmp_path / "profile")
+    # The browser parsed the SVG into elements: boxes and their whiskers, sweep lines and their points.
+    assert dom.count('<svg class="plot"') == 12
+    assert dom.count('class="box latency"') == 8 and dom.count('class="whisker"') == 8 and dom.count('class="median"') == 8
+    assert dom.count('class="series"') == 8 and dom.count('class="point"') == 16
+    # The page fits an 800 px window (nothing wider than the viewport) and uses a 1400 px one.
+    for width in (800, 1400):
+        scroll, right = layout_width(reports["html"], tmp_path, width)
+        assert scroll <= width and right <= width, (width, scroll, right)
+    shot = screenshot(reports["html"], tmp_path, 1280)
     # The plots were painted: the backends' colors cover real areas of the page.
     image = Image.open(shot).convert("RGB")
     counts = {color: n for n, color in image.getcolors(maxcolors=1 << 20)}
@@ -130,7 +132,7 @@ def test_bench_command_end_to_end(tiny_dir, tmp_path):
         (["--backends", "ort@nope.onnx"], "no artifact file at nope.onnx"),
         (["--iters", "3", "--time", "1"], "give --iters or --time, not both"),
         (["--batch", "1,x"], "bad --batch '1,x'"),
-        (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--device", "tpu"], "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
     ],
 )
 def test_bench_user_errors_are_one_line_before_any_work(tiny_dir, args, message):

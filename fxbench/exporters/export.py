@@ -12,7 +12,7 @@ from typing import Any
 from fxbench.errors import ExportError, FxbenchError, OutputWriteError, StageError, one_line, show_traceback, write_error
 from fxbench.exporters.base import Artifact
 from fxbench.exporters.checks import ExportSubject, build_checks
-from fxbench.events import EventFn
+from fxbench.events import EventFn, count
 from fxbench.exporters.onnx import DEFAULT_OPSET, EXTERNAL_DATA_THRESHOLD, validate_opset
 from fxbench.exporters.onnx_ort import DEFAULT_LEVEL, ORT_LEVELS
 from fxbench.exporters.targets import ONNX_SOURCE, TARGETS, ExportContext, ExportTarget, parse_targets, preflight, target_file
@@ -145,9 +145,9 @@ def export_artifacts(
     if onnx_path is None and ONNX_SOURCE not in plan and any(TARGETS[t].needs_onnx and t not in blocked for t in plan):
         plan.insert(0, ONNX_SOURCE)
 
-    def run(target: ExportTarget, source: Path | None) -> Artifact | None:
+    def run(target: ExportTarget, source: Path | None, place: str) -> Artifact | None:
         step = f"export {target.name}"
-        events(step, "start", "")
+        events(step, "start", place)
         scratch = out_dir / f".{target.name}.partial"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
@@ -177,10 +177,11 @@ def export_artifacts(
         artifacts.append(artifact)
         return artifact
 
-    for name in plan:
+    for k, name in enumerate(plan):
         target = TARGETS[name]
+        place = count(k + 1, len(plan))
         if name in blocked:
-            events(f"export {name}", "start", "")
+            events(f"export {name}", "start", place)
             events(f"export {name}", "fail", str(blocked[name]))
             failures.append(_failure(name, blocked[name]))
             continue
@@ -188,7 +189,7 @@ def export_artifacts(
             failures.append(ExportFailure(name, f"it builds on {target_file(ONNX_SOURCE, options.device)}, whose export failed",
                                           "ExportError", ExportError.exit_code))
             continue
-        made = run(target, onnx_path if target.needs_onnx else None)
+        made = run(target, onnx_path if target.needs_onnx else None, place)
         if name == ONNX_SOURCE:
             onnx_path = out_dir / made.file if made else None
     return ExportOutcome(tuple(artifacts), tuple(failures))

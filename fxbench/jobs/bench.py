@@ -11,11 +11,11 @@ from typing import Any
 from fxbench.errors import FxbenchError
 from fxbench.events import EventFn, no_events
 from fxbench.exporters import Artifact
-from fxbench.jobs.common import input_warning, load_and_capture, model_record, require_device, resolve_model_source
+from fxbench.jobs.common import input_warning, load_and_capture, model_record, reload_options, require_device, resolve_device, resolve_model_source
 from fxbench.jobs.folders import output_folder, read_report
-from fxbench.models import CapturedProgram, DynamicDims
-from fxbench.models.inputs import DEFAULT_IMAGE_RANGE
-from fxbench.runtime.backends import Backend, default_backends, folder_backends, parse_backends
+from fxbench.models import CapturedProgram, DynamicDims, LoadedModel, LoadOptions
+from fxbench.models.inputs import DEFAULT_IMAGE_RANGE, example_shape
+from fxbench.runtime.backends import Backend, default_backends, folder_backends, parse_backends, unique_labels
 from fxbench.runtime.bench import BenchResult, BenchSettings, Shape, Workload, bench, check_labels
 from fxbench.runtime.harness import Measure, Warmup
 
@@ -55,13 +55,18 @@ def _folder_artifacts(folder: Path) -> tuple[dict[str, Any], tuple[Artifact, ...
 
 
 def open_target(
-    target: CapturedProgram | str | Path | None, shapes: Sequence[Shape] = (), *, task: str | None = None,
-    events: EventFn = no_events,
+    target: CapturedProgram | LoadedModel | str | Path | None, shapes: Sequence[Shape] = (), *, task: str | None = None,
+    events: EventFn = no_events, load: LoadOptions | None = None,
 ) -> BenchTarget:
-    """A capture as is; an fxbench output folder (its report.json names the model and its artifacts);
-    or a Hub id / model folder (None: the bundled demo model) to load and capture."""
+    """A capture as is; a model in memory to capture; an fxbench output folder (its report.json
+    names the model and its artifacts); or a Hub id / model folder (None: the bundled demo model)
+    to load and capture."""
     if isinstance(target, CapturedProgram):
         return BenchTarget(target)
+    if isinstance(target, LoadedModel):
+        ex_batch = example_shape(target)[0] if target.example_inputs is not None else None
+        dims = DynamicDims(static=True) if target.example_inputs is not None and (ex_batch or 0) < 2 else _capture_dims(shapes)
+        return BenchTarget(load_and_capture(target, task=task, batch=2, seq=16, dims=dims, attn_implementation=None, events=events))
     folder = output_folder(target)
     if folder is not None:
         report, artifacts = _folder_artifacts(folder)
@@ -73,11 +78,12 @@ def open_target(
             raise FxbenchError(f"{folder / 'report.json'} names no model source; rerun fxbench optimize")
         captured = load_and_capture(
             source, task=task or model.get("task"), batch=2, seq=16, dims=_capture_dims(shapes),
-            attn_implementation=model.get("attn_implementation"), events=events,
+            attn_implementation=model.get("attn_implementation"), events=events, load=reload_options(model, load),
         )
         return BenchTarget(captured, folder, artifacts)
     source = resolve_model_source(str(target) if target is not None else None)
-    captured = load_and_capture(source, task=task, batch=2, seq=16, dims=_capture_dims(shapes), attn_implementation=None, events=events)
+    captured = load_and_capture(source, task=task, batch=2, seq=16, dims=_capture_dims(shapes), attn_implementation=None, events=events,
+                                load=load)
     return BenchTarget(captured)
 
 
@@ -91,7 +97,7 @@ def _resolve(backends: Sequence[str | Backend] | None, folder: Path | None, arti
             out.append(b)
         else:
             out.extend(parse_backends([b], device=device, folder=folder, artifacts=artifacts))
-    return out
+    return unique_labels(out)
 
 
 def workload(captured: CapturedProgram, shapes: Sequence[Shape]) -> Workload:
@@ -126,30 +132,35 @@ def _check_image_sizes(captured: CapturedProgram, shapes: Sequence[Shape]) -> No
 
 
 def run_benchmark(
-    target: CapturedProgram | str | Path | None,
+    target: CapturedProgram | LoadedModel | str | Path | None,
     backends: Sequence[str | Backend] | None = None,
     shapes: Sequence[Shape] | None = None,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     threads: int | None = None,
     warmup: Warmup = Warmup(),
     measure: Measure = Measure(),
     task: str | None = None,
     events: EventFn = no_events,
     command: Sequence[str] | None = None,
+    load: LoadOptions | None = None,
 ) -> BenchResult:
     """Benchmark `backends` (names, NAME@FILE, or Backend records; None: the defaults for a model or
-    for an output folder) on `target` (a capture, a Hub id or model folder, an output folder) at
-    every shape (default: batch 1, sequence 128), each checked against eager fp32 before it is timed.
+    for an output folder) on `target` (a capture, a model in memory, a Hub id or model folder, an
+    output folder) at every shape (default: batch 1, sequence 128), each checked against eager
+    fp32 before it is timed, in interleaved rounds (`measure.rounds`, 5 by default). `device`
+    "auto" is an output folder's own device, else the GPU when there is one.
 
     Options, backend names and artifact files are checked before the model is loaded."""
+    folder = None if isinstance(target, (CapturedProgram, LoadedModel)) else output_folder(target)
+    report = read_report(folder) if folder is not None else {}
+    device = resolve_device(device, report.get("device"))
     settings = BenchSettings(device=device, threads=threads, warmup=warmup, measure=measure)
     require_device(device)
     shapes = list(shapes) if shapes else [Shape(1, 128)]
-    folder = None if isinstance(target, CapturedProgram) else output_folder(target)
     artifacts = _folder_artifacts(folder)[1] if folder is not None else ()
     chosen = check_labels(_resolve(backends, folder, artifacts, device))
-    opened = open_target(target, shapes, task=task, events=events)
+    opened = open_target(target, shapes, task=task, events=events, load=load)
     captured = opened.captured
     work = workload(captured, shapes)
     model = {**model_record(captured.loaded).to_dict(), "inputs_from": captured.inputs.origin}

@@ -9,9 +9,19 @@ from typing import TYPE_CHECKING
 import torch
 
 import fxbench
-from fxbench.errors import BackendUnavailableError, ModelLoadError
+from fxbench.errors import BackendUnavailableError, BenchOptionError, ModelLoadError
 from fxbench.events import EventFn, no_events, step
-from fxbench.models import DEMO_MODEL_ID, CapturedProgram, DynamicDims, LoadedModel, capture, demo_model_path, load_model
+from fxbench.models import (
+    DEMO_MODEL_ID,
+    MODULE_SOURCE,
+    CapturedProgram,
+    DynamicDims,
+    LoadedModel,
+    LoadOptions,
+    capture,
+    demo_model_path,
+    load_model,
+)
 from fxbench.passes import PassContext
 from fxbench.reports.records import ModelRecord, ReportHeader
 
@@ -19,7 +29,10 @@ if TYPE_CHECKING:  # the exporters' faces load onnx and onnxruntime: imported wh
     from fxbench.exporters.export import ExportFailure, ExportOptions
 
 __all__ = [
+    "DEVICES",
     "default_device",
+    "resolve_device",
+    "reload_options",
     "default_output_dir",
     "dims_record",
     "export_plan",
@@ -34,9 +47,31 @@ __all__ = [
 ]
 
 
+# The one --device of every command: auto, or a device by name.
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def default_device() -> str:
     """Where artifacts are made and timed when the user does not say: the GPU when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None, folder_device: str | None = None) -> str:
+    """`--device` as a device: "auto" (or None) is an output folder's own device where there is one
+    (its artifacts were made for it), else the GPU when there is one, else the CPU."""
+    if device in (None, "auto"):
+        return folder_device if folder_device in ("cpu", "cuda") else default_device()
+    if device not in DEVICES:
+        raise BenchOptionError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    return device
+
+
+def reload_options(model: dict[str, object], given: LoadOptions | None = None) -> LoadOptions:
+    """How to load the model a report names again: the revision and remote-code choice it recorded,
+    with the caller's cache folder and token (never recorded)."""
+    given = given or LoadOptions()
+    return LoadOptions(revision=given.revision or model.get("revision"), cache_dir=given.cache_dir, token=given.token,  # type: ignore[arg-type]
+                       trust_remote_code=given.trust_remote_code or bool(model.get("trust_remote_code")))
 
 
 def require_device(device: str | None) -> None:
@@ -92,12 +127,19 @@ def default_output_dir(source: str) -> Path:
 
 
 def load_and_capture(
-    source: str, *, task: str | None, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
-    events: EventFn = no_events, timings: dict[str, float] | None = None,
+    source: str | LoadedModel, *, task: str | None, batch: int, seq: int, dims: DynamicDims, attn_implementation: str | None,
+    events: EventFn = no_events, timings: dict[str, float] | None = None, load: LoadOptions | None = None,
 ) -> CapturedProgram:
+    """Load `source` (or take a model already loaded: an in-memory module) and capture it."""
     timings = timings if timings is not None else {}
     with step(events, "load", timings) as d:
-        loaded: LoadedModel = load_model(source, task, attn_implementation=attn_implementation)
+        if isinstance(source, LoadedModel):
+            loaded = source
+        else:
+            if source.startswith(MODULE_SOURCE):
+                raise ModelLoadError(f"the model was an in-memory nn.Module ({source.removeprefix(MODULE_SOURCE)}); "
+                                     "hand the module to fxbench.bench() / fxbench.export() from Python")
+            loaded = load_model(source, task, attn_implementation=attn_implementation, options=load)
         d["detail"] = f"{type(loaded.model).__name__}, {loaded.task}, {loaded.parameter_count() / 1e6:.1f}M parameters"
     if loaded.preprocessor_error:
         events("load", "warn", input_warning(loaded))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import sys
@@ -10,15 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fxbench.environment import collect_environment
-from fxbench.errors import ExportError, OutputExistsError
+from fxbench.errors import ExportError, FxbenchError, OutputExistsError
 from fxbench.events import EventFn, no_events, step
 from fxbench.exporters import Artifact, load_program
-from fxbench.jobs.common import default_output_dir, export_plan, load_and_capture, raise_for_failures, report_header, require_device
-from fxbench.jobs.common import resolve_model_source
+from fxbench.jobs.common import default_output_dir, export_plan, load_and_capture, raise_for_failures, reload_options, report_header
+from fxbench.jobs.common import require_device, resolve_device, resolve_model_source
 from fxbench.jobs.folders import check_output_dir, output_lock, saved_program, staged_directory
-from fxbench.models import DynamicDims
+from fxbench.models import DynamicDims, LoadedModel, LoadOptions
 from fxbench.numerics import Tolerance
-from fxbench.reports.files import write_json
+from fxbench.reports.files import write_optimize_reports
+from fxbench.reports.records import ExportReport, OptimizeReport
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure, ExportOptions, ExportOutcome
@@ -28,19 +30,21 @@ __all__ = ["ExportRequest", "ExportResult", "export"]
 
 @dataclass(frozen=True)
 class ExportRequest:
-    source: str | None = None  # model id or folder, an fxbench output folder, or a model.pt2; None: the demo model
+    source: str | LoadedModel | None = None  # model id or folder, an output folder, a model.pt2, or a model in memory; None: the demo model
     targets: tuple[str, ...] = ("onnx",)
     output: Path | None = None  # default: the output folder itself, or fxbench-out/<model> for a model
     options: ExportOptions | None = None
     force: bool = False
     task: str | None = None
     dims: DynamicDims = DynamicDims()  # the capture's ranges, for a model (a saved program keeps its own)
+    device: str | None = None  # "auto", "cpu", "cuda"; None: the options' device. auto: an output folder's own, else the GPU if any
+    load: LoadOptions = LoadOptions()
 
 
 @dataclass
 class ExportResult:
     output_dir: Path
-    report: dict[str, Any]
+    report: OptimizeReport | ExportReport  # the folder's optimize report, with the new artifacts, when export added to it
     artifacts: tuple[Artifact, ...]
     failures: tuple[ExportFailure, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
@@ -64,7 +68,8 @@ def _dims_from_record(dynamic: dict[str, Any]) -> DynamicDims:
                        image=image, audio=ranges.get("samples", ranges.get("frames", defaults.audio)))
 
 
-def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str, float]) -> tuple[Any, dict[str, Any]]:
+def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str, float],
+                         load: LoadOptions | None = None) -> tuple[Any, dict[str, Any]]:
     """The saved program with the capture it needs for inputs and eager references: the model named
     in report.json is loaded and captured again with the recorded inputs and ranges."""
     from fxbench.exporters.checks import ExportSubject
@@ -87,7 +92,7 @@ def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str,
     captured = load_and_capture(
         model["source"], task=model.get("task"), batch=int(inputs.get("batch") or 2), seq=int(inputs.get("seq") or 16),
         dims=_dims_from_record(inputs.get("dynamic") or {}), attn_implementation=model.get("attn_implementation"),
-        events=events, timings=timings,
+        events=events, timings=timings, load=reload_options(model, load),
     )
     parity = report.get("parity") or {}
     tolerance = parity.get("tolerance")
@@ -102,14 +107,16 @@ def _subject_from_folder(program_path: Path, events: EventFn, timings: dict[str,
     return subject, report
 
 
-def _add_records(report: dict[str, Any], made: ExportOutcome) -> dict[str, Any]:
-    """The folder's report with the new artifacts listed (replacing the records of files made again)."""
+def _add_records(report: dict[str, Any], made: ExportOutcome, where: Path) -> OptimizeReport:
+    """The folder's report with the new artifacts listed (replacing the records of files made
+    again), as a record: report.md and report.html are rendered again from it."""
+    try:
+        record = OptimizeReport.from_dict(report)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FxbenchError(f"{where} was written by another fxbench ({type(exc).__name__}: {exc}); rerun fxbench optimize") from exc
     new_files = {a.file for a in made.artifacts}
-    report = dict(report)
-    report["artifacts"] = [a for a in report.get("artifacts", []) if a.get("file") not in new_files]
-    report["artifacts"] += [a.to_dict() for a in made.artifacts]
-    report["export_failures"] = [f.to_dict() for f in made.failures]
-    return report
+    kept = tuple(a for a in record.artifacts if a.file not in new_files)
+    return dataclasses.replace(record, artifacts=kept + tuple(made.artifacts), export_failures=tuple(made.failures))
 
 
 def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
@@ -123,19 +130,27 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
     from fxbench.exporters.export import ExportOptions, export_artifacts
     from fxbench.exporters.targets import target_file, target_files
 
-    targets, options = export_plan(request.targets, request.options or ExportOptions())
+    source_arg = None if isinstance(request.source, LoadedModel) else request.source
+    program_path = saved_program(source_arg, "export")
+    options = request.options or ExportOptions()
+    if request.device is not None:
+        folder_device = None
+        if program_path is not None and (program_path.parent / "report.json").is_file():
+            folder_device = json.loads((program_path.parent / "report.json").read_text(encoding="utf-8")).get("device")
+        options = dataclasses.replace(options, device=resolve_device(request.device, folder_device))
+    targets, options = export_plan(request.targets, options)
     require_device(options.device)
     onnx_file = target_file("onnx", options.device)
     timings: dict[str, float] = {}
-    program_path = saved_program(request.source, "export")
     in_place, reusable, source_report = False, False, None
     if program_path is not None:
         folder = program_path.parent
         out_dir = Path(request.output) if request.output else folder
         in_place = out_dir.exists() and out_dir.resolve() == folder.resolve()
     else:
-        source = resolve_model_source(request.source)
-        out_dir = Path(request.output) if request.output else default_output_dir(source)
+        source: str | LoadedModel = request.source if isinstance(request.source, LoadedModel) else resolve_model_source(request.source)
+        name = source.name if isinstance(source, LoadedModel) else source
+        out_dir = Path(request.output) if request.output else default_output_dir(name)
     # The output's lock is taken before loading: a second run into the same folder stops at once.
     with output_lock(out_dir):
         if in_place:
@@ -148,27 +163,33 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
         else:
             check_output_dir(out_dir, request.force)
         if program_path is not None:
-            subject, source_report = _subject_from_folder(program_path, events, timings)
+            subject, source_report = _subject_from_folder(program_path, events, timings, request.load)
         else:
-            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=request.dims,
-                                        attn_implementation=None, events=events, timings=timings)
+            batched = not isinstance(source, LoadedModel) or source.example_inputs is None or _batched(source)
+            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=request.dims if batched else DynamicDims(static=True),
+                                        attn_implementation=None, events=events, timings=timings, load=request.load)
             subject = ExportSubject(captured.exported, captured, captured.output_names)
         started = _dt.datetime.now(_dt.timezone.utc)
         with staged_directory(out_dir, request.force, add_to=in_place) as staging:
             made = export_artifacts(subject, targets, staging, options, events, onnx_path=out_dir / onnx_file if reusable else None)
             if not made.artifacts:
                 raise_for_failures(made.failures)
+            report: OptimizeReport | ExportReport
             if in_place:
                 assert source_report is not None
-                report = _add_records(source_report, made)
+                report = _add_records(source_report, made, out_dir / "report.json")
             else:
-                report = {
-                    **report_header(subject.captured, started).to_dict(),
-                    "source": {"program": str(program_path) if program_path else None, "passes": source_report is not None},
-                    "artifacts": [a.to_dict() for a in made.artifacts],
-                    "export_failures": [f.to_dict() for f in made.failures],
-                    "environment": collect_environment(sys.argv),
-                    "seconds": dict(timings),
-                }
-            write_json(report, staging / "report.json")
+                report = ExportReport(
+                    header=report_header(subject.captured, started),
+                    source={"program": str(program_path) if program_path else None, "passes": source_report is not None},
+                    artifacts=tuple(made.artifacts), export_failures=tuple(made.failures),
+                    environment=collect_environment(sys.argv), seconds=dict(timings),
+                )
+            write_optimize_reports(report, staging)  # report.json, .md and .html: rewritten together when added to a folder
     return ExportResult(out_dir, report, made.artifacts, made.failures, timings)
+
+
+def _batched(loaded: LoadedModel) -> bool:
+    from fxbench.models.inputs import example_shape
+
+    return (example_shape(loaded)[0] or 0) >= 2

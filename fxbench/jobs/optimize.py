@@ -14,52 +14,60 @@ import torch
 
 from fxbench.environment import collect_environment
 from fxbench.errors import BenchOptionError, FxbenchError, OutputWriteError, VerificationError, one_line
-from fxbench.events import EventFn, no_events, prefixed, step
+from fxbench.events import EventFn, count, no_events, prefixed, step
 from fxbench.exporters import PROGRAM_FILE, Artifact, load_program, save_program
 from fxbench.jobs.bench import run_benchmark
 from fxbench.jobs.common import default_device, default_output_dir, export_plan, load_and_capture, pass_context, raise_for_failures
-from fxbench.jobs.common import report_header, require_device, resolve_model_source
+from fxbench.jobs.common import report_header, require_device, resolve_device, resolve_model_source
 from fxbench.jobs.folders import check_output_dir, output_lock, staged_directory
-from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner
-from fxbench.models import CapturedProgram, DynamicDims, GraphFault, ReexportError, export_graph_module, failing_node, run_module
+from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner, relabel
+from fxbench.models import (CapturedProgram, DynamicDims, GraphFault, LoadedModel, LoadOptions, ReexportError, export_graph_module,
+                            failing_node, run_module)
 from fxbench.numerics import Parity, compare
 from fxbench.passes import FxbenchPass, PipelineResult, build_passes, op_histogram, run_pipeline
 from fxbench.passes.pipelines import effective_pipeline, search_space
 from fxbench.reports.files import write_optimize_reports
 from fxbench.reports.records import BestArtifact, CaptureRecord, OpHistogram, OptimizeReport, ParitySummary, PipelineRecord
-from fxbench.runtime.backends import folder_backends
+from fxbench.runtime.backends import Backend, folder_backends
 from fxbench.runtime.bench import BenchResult, Choice, Shape, best_artifact
 from fxbench.runtime.harness import Measure, Warmup
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure, ExportOptions, ExportOutcome
 
-__all__ = ["OptimizeRequest", "OptimizeResult", "optimize", "optimize_captured"]
+__all__ = ["DTYPES", "OptimizeRequest", "OptimizeResult", "optimize", "optimize_captured"]
 
 # The int8 baseline is ONNX Runtime's quantization, not fxbench's: benchmarked beside, never "best".
 _BASELINE_KINDS = ("onnx-int8",)
 
+# --dtype: the precision of the program and its artifacts, by the pass that brings it in (eager
+# fp32 stays the reference every artifact is checked against).
+DTYPES = {"fp32": None, "fp16": "to-fp16", "bf16": "to-bf16"}
+
 
 @dataclass(frozen=True)
 class OptimizeRequest:
-    model: str | None = None  # Hub id or folder; None: the bundled demo model
+    model: str | LoadedModel | None = None  # Hub id or folder, or a model in memory (fxbench.optimize); None: the demo model
     output: Path | None = None
     task: str | None = None
-    pipeline: str | None = None
+    pipeline: str | None = None  # None: O2
     passes: tuple[str, ...] = ()
+    dtype: str = "fp32"  # fp16 / bf16 add the precision pass to the pipeline
     strict: bool = False
     force: bool = False
-    batch: int = 2
+    batch: int = 2  # the sample the model is captured and checked on
     seq: int = 16
     dims: DynamicDims = DynamicDims()
     attn_implementation: str | None = None
+    load: LoadOptions = LoadOptions()
     targets: tuple[str, ...] | None = None  # None: the artifacts that fit the device; (): only model.pt2
-    export: ExportOptions | None = None  # export options; their `device` is the device artifacts are made and timed for
+    export: ExportOptions | None = None  # export options (opset, TensorRT shapes, ...)
+    device: str | None = None  # where artifacts are made and timed: auto (the GPU if any), cpu, cuda; None: the export options' device
     bench: bool = True  # time every artifact against eager PyTorch and name the best
     bench_shapes: tuple[tuple[int, int | None], ...] = ((1, 128),)  # (batch, seq); seq is capped at the model's positions
     bench_images: tuple[tuple[int, int], ...] = ()  # (height, width) to time vision models at; (): the capture's size
     warmup: Warmup = Warmup()
-    measure: Measure = Measure(seconds=2.0)
+    measure: Measure = Measure(seconds=2.0)  # interleaved rounds (Measure's default)
     threads: int | None = None
     min_cosine: float = 0.99  # the accuracy budget the best artifact must meet (worst output vs eager fp32)
     max_abs_error: float = math.inf
@@ -83,13 +91,19 @@ class OptimizeResult:
         """The report as report.json holds it."""
         return self.report.to_dict()
 
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        return self.report.artifacts
+
     def raise_for_failures(self) -> None:
         """Export targets that failed (their files absent, the rest written): one error for all."""
         raise_for_failures(self.export_failures)
 
 
 def _device(request: OptimizeRequest) -> str:
-    return request.export.device if request.export is not None else default_device()
+    if request.device is not None:
+        return resolve_device(request.device)
+    return request.export.device if request.export is not None else resolve_device(None)
 
 
 def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[Shape]:
@@ -101,6 +115,8 @@ def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[S
         for dim in spec.values():
             if dim.__name__ in ("seq", "decoder_seq"):
                 limit = dim.max if limit is None else min(limit, dim.max)
+    if not captured.dynamic_shapes:  # static: the sample's shape is the only one the program runs
+        return [Shape(captured.inputs.batch, captured.inputs.seq if has_seq else None, captured.inputs.image)]
     images = list(request.bench_images) if captured.inputs.image is not None else []
     shapes = []
     for batch, seq in request.bench_shapes:
@@ -114,11 +130,16 @@ def _bench_shapes(request: OptimizeRequest, captured: CapturedProgram) -> list[S
 
 def _run_passes(captured: CapturedProgram, passes: list[FxbenchPass], request: OptimizeRequest, events: EventFn,
                 timings: dict[str, float], prefix: str) -> PipelineResult:
-    def on_pass(name: str, status: str) -> None:
-        events(f"{prefix}pass {name}", "start" if status == "start" else ("done" if status in ("applied", "unchanged") else "fail"),
-               "" if status == "start" else status)
+    started = {"n": 0}
 
-    with step(events, f"{prefix}passes", timings) as d:
+    def on_pass(name: str, status: str) -> None:
+        if status == "start":
+            started["n"] += 1
+            events(f"{prefix}pass {name}", "start", count(started["n"], len(passes)))
+            return
+        events(f"{prefix}pass {name}", "done" if status in ("applied", "unchanged") else "fail", status)
+
+    with step(events, f"{prefix}passes", timings, key="passes") as d:
         result = run_pipeline(
             captured.graph_module(), passes, inputs=dict(captured.inputs.tensors), reference=captured.reference,
             output_names=captured.output_names, context=pass_context(captured), strict=request.strict, progress=on_pass,
@@ -157,7 +178,7 @@ def _reloaded_run(reloaded: Any, captured: CapturedProgram, result: PipelineResu
 
 def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Path, events: EventFn,
                   timings: dict[str, float], prefix: str) -> tuple[Any, Artifact]:
-    with step(events, f"{prefix}save", timings) as d:
+    with step(events, f"{prefix}save", timings, key="save") as d:
         try:
             program = export_graph_module(result.module, captured)
         except ReexportError as exc:
@@ -173,7 +194,7 @@ def _save_program(captured: CapturedProgram, result: PipelineResult, folder: Pat
     artifact = Artifact(
         kind="program", file=path.name, device="any", precision=result.precision,
         input_names=captured.input_names, output_names=result.output_names,
-        parity={n: p.to_dict() for n, p in parities.items()}, details={"bytes": path.stat().st_size}, seconds=timings[f"{prefix}save"],
+        parity={n: p.to_dict() for n, p in parities.items()}, details={"bytes": path.stat().st_size}, seconds=timings["save"],
     )
     return program, artifact
 
@@ -205,19 +226,50 @@ def _export_targets(program: Any, captured: CapturedProgram, result: PipelineRes
     return export_artifacts(subject, targets, folder, options, events)
 
 
-def _bench(captured: CapturedProgram, folder: Path, artifacts: list[Artifact], request: OptimizeRequest, device: str,
-           shapes: list[Shape], events: EventFn, timings: dict[str, float], prefix: str) -> tuple[BenchResult, Choice | None]:
-    backends = folder_backends(folder, artifacts, device)
-    own = {str(folder / a.file) for a in artifacts if a.kind not in _BASELINE_KINDS}
-    among = [b.label for b in backends if b.artifact is not None and str(b.artifact) in own]
-    with step(events, f"{prefix}bench", timings) as d:
+def _own_backends(cand: Candidate, folder: Path, device: str) -> list[Backend]:
+    """The candidate's artifacts as benchmark backends (eager is the run's, shared)."""
+    return [b for b in folder_backends(folder, cand.artifacts, device) if b.artifact is not None]
+
+
+def _checks(candidates: list[Candidate]) -> dict[str, dict[str, Any]]:
+    """Each artifact backend's export checks (label -> the artifact's parity per check): the budget
+    is judged on those shapes too, not only on the benchmark's."""
+    out: dict[str, dict[str, Any]] = {}
+    for cand in candidates:
+        by_file = {a.file: a.parity for a in cand.artifacts}
+        for b in cand.backends:
+            if b.artifact is not None and Path(b.artifact).name in by_file:
+                out[b.label] = by_file[Path(b.artifact).name]
+    return out
+
+
+def _ours(cand: Candidate) -> list[str]:
+    """The labels of the candidate's own artifacts: the int8 baseline is ONNX Runtime's, never "best"."""
+    baseline = {a.file for a in cand.artifacts if a.kind in _BASELINE_KINDS}
+    return [b.label for b in cand.backends if b.artifact is not None and Path(b.artifact).name not in baseline]
+
+
+def _bench(captured: CapturedProgram, candidates: list[Candidate], request: OptimizeRequest, device: str, shapes: list[Shape],
+           events: EventFn, timings: dict[str, float]) -> tuple[BenchResult, Choice | None]:
+    """One benchmark of every candidate's artifacts beside one eager baseline, interleaved; each
+    candidate's best, and the best of all."""
+    ok = [c for c in candidates if c.error is None]
+    backends = [Backend("eager"), *(b for c in ok for b in c.backends)]
+    checks = _checks(ok)
+    with step(events, "bench", timings) as d:
         bench = run_benchmark(
             captured, backends, shapes, device=device, threads=request.threads, warmup=request.warmup,
-            measure=request.measure, events=prefixed(events, prefix), command=sys.argv,
+            measure=request.measure, events=events, command=sys.argv,
         )
-        best = best_artifact(bench, request.min_cosine, request.max_abs_error, among=among)
-        d["detail"] = (f"best {best.backend}: {best.median_ms:.2f} ms" + (f", {best.speedup:.2f}x eager" if best.speedup else "")
-                       if best else "no artifact meets the accuracy budget")
+        for cand in ok:
+            cand.bench = bench
+            cand.best = best_artifact(bench, request.min_cosine, request.max_abs_error, among=_ours(cand), checks=checks)
+        best = best_artifact(bench, request.min_cosine, request.max_abs_error, among=[x for c in ok for x in _ours(c)], checks=checks)
+        if best is None:
+            d["detail"] = "no artifact meets the accuracy budget"
+        else:
+            lead = "" if best.clear is None else (", a clear lead" if best.clear else ", within the noise of " + ", ".join(best.tied_with))
+            d["detail"] = f"best {best.backend}: {best.median_ms:.2f} ms" + (f", {best.speedup:.2f}x eager" if best.speedup else "") + lead
     return bench, best
 
 
@@ -230,21 +282,20 @@ def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[Fxb
     made = _export_targets(program, captured, cand.result, targets, options, folder, events)
     cand.artifacts = [program_artifact, *made.artifacts]
     cand.failures = made.failures
-    if request.bench:
-        cand.bench, cand.best = _bench(captured, folder, cand.artifacts, request, device, _bench_shapes(request, captured),
-                                       events, cand.timings, prefix)
+    own = _own_backends(cand, folder, device)
+    cand.backends = relabel(own, pipeline) if request.search else own
     return cand
 
 
 def _validate(request: OptimizeRequest) -> None:
     """The options that can be checked without the model, so that a typo costs no loading."""
     if request.batch < 1:
-        raise BenchOptionError(f"--batch must be at least 1, not {request.batch}")
+        raise BenchOptionError(f"--sample-batch must be at least 1, not {request.batch}")
     if request.seq < 1:
-        raise BenchOptionError(f"--seq must be at least 1, not {request.seq}")
+        raise BenchOptionError(f"--sample-seq must be at least 1, not {request.seq}")
     if not request.dims.static and request.batch < 2:
         raise BenchOptionError(
-            f"--batch {request.batch} cannot capture a dynamic batch (torch.export specializes sizes 0 and 1); use --batch 2 or more, or --static"
+            f"--sample-batch {request.batch} cannot capture a dynamic batch (torch.export specializes sizes 0 and 1); use --sample-batch 2 or more, or --static"
         )
     if request.threads is not None and request.threads < 1:
         raise BenchOptionError(f"--threads must be at least 1, not {request.threads}")
@@ -252,6 +303,10 @@ def _validate(request: OptimizeRequest) -> None:
         raise BenchOptionError("--search tries the presets itself; drop --pipeline (use --passes to edit every candidate)")
     if request.search and not request.bench:
         raise BenchOptionError("--search picks the fastest candidate, so it needs the benchmark; drop --no-bench")
+    if request.dtype not in DTYPES:
+        raise BenchOptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {request.dtype!r}")
+    if request.search and request.dtype != "fp32":
+        raise BenchOptionError("--search tries each preset's own precision; drop --dtype")
     if not 0.0 <= request.min_cosine <= 1.0:
         raise BenchOptionError(f"--min-cosine must be between 0 and 1, not {request.min_cosine}")
     if not request.max_abs_error > 0:
@@ -270,6 +325,16 @@ class _Plan:
     options: ExportOptions | None
 
 
+def _with_dtype(pipeline: str | None, passes: list[FxbenchPass], request: OptimizeRequest) -> list[FxbenchPass]:
+    precision_pass = DTYPES[request.dtype]
+    if precision_pass is None:
+        return passes
+    own = sorted({p.precision for p in passes if p.precision != "fp32"})
+    if own:
+        raise BenchOptionError(f"--pipeline {pipeline} sets its own precision ({', '.join(own)}); drop --dtype {request.dtype}")
+    return build_passes(pipeline, (*request.passes, precision_pass))
+
+
 def _plan(request: OptimizeRequest, source: str) -> _Plan:
     """Everything a user can get wrong, checked before minutes of loading: options, passes,
     targets, the output folder."""
@@ -278,7 +343,7 @@ def _plan(request: OptimizeRequest, source: str) -> _Plan:
     device = _device(request)
     require_device(device)
     names = list(search_space(device)) if request.search else [effective_pipeline(request.pipeline, request.passes)]
-    pipelines = [(name, build_passes(name, request.passes)) for name in names]
+    pipelines = [(name, _with_dtype(name, build_passes(name, request.passes), request)) for name in names]
     targets, options = _plan_targets(request, device)
     check_output_dir(out_dir, request.force)
     return _Plan(out_dir, device, pipelines, targets, options)
@@ -289,15 +354,19 @@ def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeR
     verification; save model.pt2 and the artifacts for the device; benchmark them against eager
     PyTorch; name the fastest within the accuracy budget; write report.json / .md / .html.
     The output folder appears only when everything succeeded."""
-    source = resolve_model_source(request.model)
-    plan = _plan(request, source)
+    if isinstance(request.model, LoadedModel):
+        source: str | LoadedModel = request.model
+        plan = _plan(request, request.model.name)
+    else:
+        source = resolve_model_source(request.model)
+        plan = _plan(request, source)
     timings: dict[str, float] = {}
     # The output's lock is taken before loading: a second run into the same folder stops at once.
     with output_lock(plan.out_dir):
         check_output_dir(plan.out_dir, request.force)
         captured = load_and_capture(
             source, task=request.task, batch=request.batch, seq=request.seq, dims=request.dims,
-            attn_implementation=request.attn_implementation, events=events, timings=timings,
+            attn_implementation=request.attn_implementation, events=events, timings=timings, load=request.load,
         )
         return _optimize(captured, request, plan, events, timings)
 
@@ -305,7 +374,8 @@ def optimize(request: OptimizeRequest, events: EventFn = no_events) -> OptimizeR
 def optimize_captured(captured: CapturedProgram, request: OptimizeRequest, events: EventFn = no_events) -> OptimizeResult:
     """`optimize` for a model captured already (scripts that try several requests on one capture);
     the request's model, task and capture settings are not used."""
-    return _optimize(captured, request, _plan(request, captured.loaded.source), events, {})
+    return _optimize(captured, request, _plan(request, captured.loaded.name if captured.loaded.source.startswith("module:")
+                                              else captured.loaded.source), events, {})
 
 
 def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, events: EventFn,
@@ -313,49 +383,66 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
     started = _dt.datetime.now(_dt.timezone.utc)
     with staged_directory(plan.out_dir, request.force) as staging:
         candidates: list[Candidate] = []
-        for name, passes in plan.pipelines:
+        for k, (name, passes) in enumerate(plan.pipelines):
             folder = candidate_folder(staging, name) if request.search else staging
             folder.mkdir(parents=True, exist_ok=True)
             prefix = f"{name}: " if request.search else ""
             try:
-                candidates.append(_candidate(captured, name, passes, request, plan.targets, plan.options, plan.device, folder,
-                                             events, prefix))
+                if request.search:
+                    with step(events, f"candidate {name}", {}, place=count(k + 1, len(plan.pipelines))) as d:
+                        cand = _candidate(captured, name, passes, request, plan.targets, plan.options, plan.device, folder, events, prefix)
+                        d["detail"] = f"{len(cand.artifacts)} artifacts"
+                else:
+                    cand = _candidate(captured, name, passes, request, plan.targets, plan.options, plan.device, folder, events, prefix)
+                candidates.append(cand)
             except OutputWriteError:
                 raise  # the disk, not the candidate: the search stops
             except FxbenchError as exc:
                 if not request.search:
                     raise
                 candidates.append(Candidate(name, [p.name for p in passes], error=" ".join(str(exc).split())))
-        winner = pick_winner(candidates)
+        bench, best = None, None
+        if request.bench and any(c.error is None for c in candidates):
+            bench, best = _bench(captured, candidates, request, plan.device, _bench_shapes(request, captured), events, timings)
+        winner = pick_winner(candidates, best)
         if request.search:
             keep_winner(staging, winner)
         for cand in candidates:
             timings.update({f"{cand.pipeline}: {k}" if request.search else k: v for k, v in cand.timings.items()})
-        report = _report(request, captured, winner, candidates, plan.device, started, timings)
+        report = _report(request, captured, winner, candidates, plan.device, started, timings, bench, best, staging)
         write_optimize_reports(report, staging)
     assert winner.result is not None
-    return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, winner.bench, winner.best, candidates)
+    return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, bench, best, candidates)
 
 
 def _plan_targets(request: OptimizeRequest, device: str) -> tuple[tuple[str, ...], ExportOptions | None]:
-    if request.targets is not None:
-        return export_plan(request.targets, request.export)
     from fxbench.exporters.export import ExportOptions
     from fxbench.exporters.targets import device_targets
 
-    options = request.export or ExportOptions(device=device)
+    options = dataclasses.replace(request.export or ExportOptions(), device=device)
+    if request.targets is not None:
+        return export_plan(request.targets, options)
     return device_targets(options), options
 
 
-def _file_names(bench: BenchResult) -> BenchResult:
-    """The benchmark with artifact paths as file names: it was run in the staging folder, which is
-    renamed into place afterwards, and a report must not name a machine's temp paths."""
-    backends = tuple(dataclasses.replace(b, artifact=Path(b.artifact).name) if b.artifact else b for b in bench.backends)
+def _file_names(bench: BenchResult, staging: Path) -> BenchResult:
+    """The benchmark with artifact paths relative to the output folder (a candidate's under its
+    pipeline: int8-cpu/model.onnx): it was run in the staging folder, which is renamed into place
+    afterwards, and a report must not name a machine's temp paths."""
+    def rel(path: str) -> str:
+        p = Path(path)
+        for root in (staging / "search", staging):
+            if p.is_relative_to(root):
+                return p.relative_to(root).as_posix()
+        return p.name
+
+    backends = tuple(dataclasses.replace(b, artifact=rel(b.artifact)) if b.artifact else b for b in bench.backends)
     return dataclasses.replace(bench, backends=backends)
 
 
 def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candidate, candidates: list[Candidate], device: str,
-            started: _dt.datetime, timings: dict[str, float]) -> OptimizeReport:
+            started: _dt.datetime, timings: dict[str, float], bench: BenchResult | None, best: Choice | None,
+            staging: Path) -> OptimizeReport:
     result = winner.result
     assert result is not None
     return OptimizeReport(
@@ -372,8 +459,8 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
         ),
         artifacts=tuple(winner.artifacts),
         export_failures=tuple(winner.failures),
-        benchmark=_file_names(winner.bench) if winner.bench else None,
-        best=BestArtifact(file_named(winner.best), request.min_cosine, request.max_abs_error) if winner.best else None,
+        benchmark=_file_names(bench, staging) if bench else None,
+        best=BestArtifact(file_named(best), request.min_cosine, request.max_abs_error) if best else None,
         environment=collect_environment(sys.argv),
         seconds=dict(timings),
         search=tuple(c.record() for c in candidates) if request.search else None,

@@ -1,10 +1,10 @@
 """`fxbench optimize --search`: each preset that fits the device is a candidate in its own folder;
-the fastest within the accuracy budget wins and its files become the output."""
+all candidates' artifacts are timed in one benchmark against one eager baseline, the best artifact
+within the accuracy budget wins, and its candidate's files become the output."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +14,13 @@ from fxbench.errors import VerificationError
 from fxbench.exporters import Artifact
 from fxbench.passes import PipelineResult
 from fxbench.reports.records import SearchCandidate
+from fxbench.runtime.backends import Backend
 from fxbench.runtime.bench import BenchResult, Choice
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure
 
-__all__ = ["Candidate", "candidate_folder", "file_named", "keep_winner", "pick_winner"]
+__all__ = ["Candidate", "candidate_folder", "file_named", "keep_winner", "pick_winner", "relabel"]
 
 
 def file_named(choice: Choice) -> Choice:
@@ -29,17 +30,23 @@ def file_named(choice: Choice) -> Choice:
 
 @dataclass
 class Candidate:
-    """One pipeline's run: its program, artifacts, benchmark and the fastest artifact within budget."""
+    """One pipeline's run: its program, artifacts, its labels in the shared benchmark and the
+    fastest of its artifacts within budget."""
 
     pipeline: str | None
     passes: list[str]
     result: PipelineResult | None = None
     artifacts: list[Artifact] = field(default_factory=list)
     failures: tuple[ExportFailure, ...] = ()
+    backends: list[Backend] = field(default_factory=list)  # its artifacts in the benchmark (eager is shared)
     bench: BenchResult | None = None
     best: Choice | None = None
     error: str | None = None  # the candidate failed as a whole (search goes on with the others)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # by step name, without the candidate's prefix
+
+    @property
+    def labels(self) -> list[str]:
+        return [b.label for b in self.backends]
 
     def record(self) -> SearchCandidate:
         return SearchCandidate(
@@ -54,12 +61,20 @@ def candidate_folder(staging: Path, pipeline: str | None) -> Path:
     return staging / "search" / str(pipeline)
 
 
-def pick_winner(candidates: list[Candidate]) -> Candidate:
-    """The fastest candidate within budget; without a timed one, the first that ran; none: an error."""
+def relabel(backends: list[Backend], pipeline: str | None) -> list[Backend]:
+    """A candidate's artifact backends labelled with its pipeline (ort@int8-cpu/model.onnx), so that
+    every candidate's files keep their own name in the one shared benchmark."""
+    return [dataclasses.replace(b, label=f"{b.name}@{pipeline}/{Path(b.artifact).name}") if b.artifact else b for b in backends]
+
+
+def pick_winner(candidates: list[Candidate], best: Choice | None) -> Candidate:
+    """The candidate whose artifact is `best` (the best of all candidates' within budget); without
+    one, the first that ran; none ran: an error."""
     ok = [c for c in candidates if c.error is None]
-    timed = [c for c in ok if c.best is not None]
-    if timed:
-        return min(timed, key=lambda c: c.best.median_ms if c.best else math.inf)
+    if best is not None:
+        owner = next((c for c in ok if best.backend in c.labels), None)
+        if owner is not None:
+            return owner
     if ok:
         return ok[0]
     raise VerificationError("every candidate pipeline failed: " + "; ".join(f"{c.pipeline}: {c.error}" for c in candidates))

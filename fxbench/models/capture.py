@@ -18,7 +18,7 @@ from torch.fx import GraphModule
 from fxbench.errors import CaptureError
 from fxbench.models import axes as _axes
 from fxbench.models.axes import HEIGHT, WIDTH, AxisPlan, AxisRecord
-from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_axis, dynamic_shapes_for, image_token_count, make_inputs
+from fxbench.models.inputs import DynamicDims, SampleInputs, dynamic_axis, dynamic_shapes_for, example_shape, image_token_count, make_inputs
 from fxbench.models.loading import LoadedModel
 from fxbench.models.shims import capture_shims
 
@@ -471,6 +471,9 @@ def capture(
     captured program's guards refuse a size it never saw, they are captured again static, and
     `static_axes` says why; the ranges the program accepts are read back into `axes`.
     """
+    if loaded.example_inputs is not None:  # a module handed in with examples is captured on them
+        ex_batch, ex_seq = example_shape(loaded)
+        batch, seq = ex_batch or batch, ex_seq or seq
     plans: dict[str, AxisPlan | None] = {"image": _axes.image_plan(loaded, dims), "audio": _axes.time_plan(loaded, dims)}
     for _attempt in range(3):
         image, audio = plans["image"], plans["audio"]

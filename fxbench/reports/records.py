@@ -3,15 +3,17 @@ an inspection, and the pass catalog; `to_dict()` is exactly what report.json (or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch.fx import GraphModule
 
 from fxbench.exporters import Artifact
 from fxbench.numerics import Parity, Tolerance
 from fxbench.passes import PassRecord
+from fxbench.reports.schema import SCHEMA_VERSION
 from fxbench.runtime.bench import BenchResult, Choice
 
 if TYPE_CHECKING:  # the exporters' target table loads onnx: its records are only read here
@@ -20,6 +22,10 @@ if TYPE_CHECKING:  # the exporters' target table loads onnx: its records are onl
 __all__ = [
     "BestArtifact",
     "CaptureRecord",
+    "ComparedRow",
+    "ComparedRun",
+    "Comparison",
+    "ExportReport",
     "Inspection",
     "ModelRecord",
     "OpHistogram",
@@ -70,6 +76,11 @@ class ModelRecord(_Record):
         data = super().to_dict()
         options = data.pop("load_options")
         return {**data, **options}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRecord:
+        names = [f.name for f in fields(cls) if f.name != "load_options"]
+        return cls(**{n: data.get(n) for n in names}, load_options={k: v for k, v in data.items() if k not in names})
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,14 @@ class BestArtifact(_Record):
     max_abs_error: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.choice.to_dict(), "min_cosine": self.min_cosine, "max_abs_error": self.max_abs_error}
+        # A budget without a bound is null ("no limit"), not the string "inf".
+        return {**self.choice.to_dict(), "min_cosine": self.min_cosine,
+                "max_abs_error": self.max_abs_error if math.isfinite(self.max_abs_error) else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BestArtifact:
+        bound = data.get("max_abs_error")
+        return cls(Choice.from_dict(data), float(data["min_cosine"]), math.inf if bound is None else float(bound))
 
 
 @dataclass(frozen=True)
@@ -144,9 +162,59 @@ class SearchCandidate(_Record):
     best: Choice | None  # its artifact a file name
     seconds: float
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchCandidate:
+        return cls(
+            pipeline=data.get("pipeline"), passes=tuple(data.get("passes") or ()), status=data["status"], error=data.get("error"),
+            precision=data.get("precision"), parity=Parity.from_dict(data["parity"]) if data.get("parity") else None,
+            artifacts=tuple(data.get("artifacts") or ()), best=Choice.from_dict(data["best"]) if data.get("best") else None,
+            seconds=float(data.get("seconds") or 0.0),
+        )
+
+
+def _pass_record(data: Mapping[str, Any]) -> PassRecord:
+    names = {f.name for f in fields(PassRecord)}
+    values = {k: v for k, v in data.items() if k in names}
+    values["parity"] = Parity.from_dict(data["parity"]) if data.get("parity") else None
+    values["tolerance"] = Tolerance.from_dict(data["tolerance"])
+    return PassRecord(**values)
+
+
+def _export_failures(data: Any) -> tuple[ExportFailure, ...]:
+    from fxbench.exporters.export import ExportFailure
+
+    return tuple(ExportFailure(**f) for f in data or ())
+
+
+def _nested_benchmark(bench: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark inside a report: the report says the environment and fxbench's version once, at its top."""
+    return {k: v for k, v in bench.items() if k not in ("environment", "fxbench_version")}
+
+
+class _FolderReport(_Record):
+    """What an output folder's report.json holds: the schema's header (its version and kind, then
+    the model and inputs), the artifacts, and report.md / report.html beside it."""
+
+    kind: ClassVar[str]
+    header: ReportHeader
+    artifacts: tuple[Artifact, ...]
+
+    @property
+    def model(self) -> ModelRecord:
+        return self.header.model
+
+    def files(self) -> list[str]:
+        """The files the output folder holds."""
+        return [a.file for a in self.artifacts] + ["report.json", "report.md", "report.html"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        # The header's keys open the report, after what it is and which schema it follows.
+        return {"schema_version": SCHEMA_VERSION, "kind": self.kind, **data.pop("header"), **data}
+
 
 @dataclass(frozen=True)
-class OptimizeReport(_Record):
+class OptimizeReport(_FolderReport):
     """Everything `fxbench optimize` found, in the order report.json lists it."""
 
     header: ReportHeader
@@ -164,21 +232,97 @@ class OptimizeReport(_Record):
     seconds: Mapping[str, float]
     search: tuple[SearchCandidate, ...] | None = None  # with --search only
 
-    @property
-    def model(self) -> ModelRecord:
-        return self.header.model
-
-    def files(self) -> list[str]:
-        """The files the output folder holds."""
-        names = [a.file for a in self.artifacts] + ["report.json", "report.md"]
-        return names + (["report.html"] if self.benchmark is not None else [])
+    kind: ClassVar[str] = "optimize"
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
-        data = {**data.pop("header"), **data}  # the header's keys open the report
+        if data["benchmark"] is not None:
+            data["benchmark"] = _nested_benchmark(data["benchmark"])
         if self.search is None:
             del data["search"]
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OptimizeReport:
+        """From report.json (this schema's major version), for the renderers: `fxbench export` adding
+        to a folder rewrites its report.md and report.html from it."""
+        parity = data["parity"]
+        bench = data.get("benchmark")
+        return cls(
+            header=ReportHeader(data.get("fxbench_version", ""), data.get("created", ""), ModelRecord.from_dict(data["model"]),
+                                dict(data.get("inputs") or {})),
+            capture=CaptureRecord(float(data["capture"]["seconds"]), int(data["capture"]["nodes"])),
+            device=data["device"],
+            pipeline=PipelineRecord(data["pipeline"].get("name"), tuple(data["pipeline"].get("edits") or ()),
+                                    tuple(data["pipeline"].get("passes") or ())),
+            passes=tuple(_pass_record(p) for p in data.get("passes") or ()),
+            op_histogram=OpHistogram(dict(data["op_histogram"]["before"]), dict(data["op_histogram"]["after"])),
+            parity=ParitySummary(parity["against"], Parity.from_dict(parity["final"]),
+                                 Parity.from_dict(parity["eager"]) if parity.get("eager") else None, Tolerance.from_dict(parity["tolerance"])),
+            artifacts=tuple(Artifact.from_dict(a) for a in data.get("artifacts") or ()),
+            export_failures=_export_failures(data.get("export_failures")),
+            benchmark=BenchResult.from_dict(bench, environment=data.get("environment")) if bench else None,
+            best=BestArtifact.from_dict(data["best"]) if data.get("best") else None,
+            environment=dict(data.get("environment") or {}),
+            seconds=dict(data.get("seconds") or {}),
+            search=tuple(SearchCandidate.from_dict(c) for c in data["search"]) if data.get("search") is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class ExportReport(_FolderReport):
+    """What `fxbench export` of a model (or of a model.pt2 into a new folder) found."""
+
+    header: ReportHeader
+    source: Mapping[str, Any]  # {"program": path of the model.pt2 exported, or None for a model; "passes": whether it had any}
+    artifacts: tuple[Artifact, ...]
+    export_failures: tuple[ExportFailure, ...]
+    environment: Mapping[str, Any]
+    seconds: Mapping[str, float]
+
+    kind: ClassVar[str] = "export"
+
+
+@dataclass(frozen=True)
+class ComparedRun(_Record):
+    """One run of a comparison: its letter in the table, where its report is, and what it measured."""
+
+    key: str
+    path: str
+    kind: str
+    model: str
+    created: str
+    device: str
+    threads: int
+    best: str | None  # the best artifact it named, with the budget met
+
+
+@dataclass(frozen=True)
+class ComparedRow(_Record):
+    """One backend at one shape across the runs (None where a run did not measure it)."""
+
+    backend: str
+    shape: str
+    median_ms: tuple[float | None, ...]
+    spread: tuple[float | None, ...]  # IQR / median
+    speedup: tuple[float | None, ...]  # against that run's own eager
+    cosine: tuple[float | None, ...]
+    ratio: tuple[float | None, ...]  # the first run's median / this run's: above 1, faster than the first (None for the first)
+    beyond_noise: tuple[bool | None, ...]  # the change from the first run is larger than the noise of both
+
+    @property
+    def present(self) -> int:
+        return sum(m is not None for m in self.median_ms)
+
+
+@dataclass(frozen=True)
+class Comparison(_Record):
+    """`fxbench compare`: the same backends and shapes of several runs side by side, and what differs
+    in the machines, versions and settings they ran with."""
+
+    runs: tuple[ComparedRun, ...]
+    rows: tuple[ComparedRow, ...]
+    differences: Mapping[str, tuple[Any, ...]]  # a dotted key (packages.torch, cpu_isa.vnni, settings.measure.rounds) -> per run
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ __all__ = [
     "default_backends",
     "folder_backends",
     "parse_backends",
+    "unique_labels",
 ]
 
 
@@ -216,9 +217,32 @@ def parse_backends(names: Sequence[str], *, device: str, folder: Path | None = N
         backend = Backend(name, path, precision=precision)
         backend.check_files()
         out.append(backend)
-    labels = [b.label for b in out]
-    if len(set(labels)) != len(labels):
-        raise UnknownBackendError(f"backend listed twice: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    return unique_labels(out)
+
+
+def unique_labels(backends: Sequence[Backend]) -> list[Backend]:
+    """`backends` with labels that tell them apart: the same backend on files of one name in different
+    folders is labelled with as much of each path as differs (ort@run1/model.onnx, ort@run2/model.onnx).
+    The same backend on the same file twice is an error."""
+    out = list(backends)
+    groups: dict[str, list[int]] = {}
+    for i, b in enumerate(out):
+        groups.setdefault(b.label, []).append(i)
+    for label, members in groups.items():
+        if len(members) == 1:
+            continue
+        paths = [Path(out[i].artifact).expanduser().resolve() if out[i].artifact is not None else None for i in members]
+        keys = [(out[i].name, p) for i, p in zip(members, paths)]
+        if None in paths or len(set(keys)) != len(keys):
+            raise UnknownBackendError(f"backend listed twice: {label}")
+        depth = 1
+        while True:
+            labels = [f"{out[i].name}@{'/'.join(p.parts[-depth - 1:])}" for i, p in zip(members, paths)]  # type: ignore[union-attr]
+            if len(set(labels)) == len(labels) or depth > 64:
+                break
+            depth += 1
+        for i, new in zip(members, labels):
+            out[i] = replace(out[i], label=new)
     return out
 
 

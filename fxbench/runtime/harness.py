@@ -10,7 +10,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -19,12 +19,16 @@ import torch
 from fxbench.errors import BenchOptionError
 
 __all__ = [
+    "DEFAULT_ROUNDS",
+    "GROSS_SPREAD",
+    "NOISY_SPREAD",
     "LatencyStats",
     "Measure",
     "MemoryRecord",
     "Timing",
     "Warmup",
     "WarmupRecord",
+    "clearly_faster",
     "first_call",
     "peak_memory",
     "time_runs",
@@ -72,22 +76,27 @@ class Warmup:
         return self.steady(times) is not False
 
 
+# Interleaved rounds by default: every backend of a run sees the same slow minutes.
+DEFAULT_ROUNDS = 5
+
+
 @dataclass(frozen=True)
 class Measure:
     """How many timed runs: exactly `iters` when it is set, else for `seconds` (at least
     `min_iters`, at most `max_iters`), per backend and shape.
 
-    `rounds` > 1 interleaves the backends: all of them are loaded and warmed up, then each is timed
-    for 1/rounds of its runs in turn, `rounds` times over. A machine whose speed drifts (other
-    jobs, clock changes, a noisy neighbour on a VM) then slows every backend alike, and the ratios
-    between them hold; one after another, a slow minute lands on whichever backend it hits.
+    `rounds` > 1 (the default, 5) interleaves the backends: all of them are loaded and warmed up,
+    then each is timed for 1/rounds of its runs in turn, `rounds` times over. A machine whose speed
+    drifts (other jobs, clock changes, a noisy neighbour on a VM) then slows every backend alike,
+    and the ratios between them hold; one after another, a slow minute lands on whichever backend
+    it hits. `rounds=1` times one backend after another (one loaded at a time, less memory).
     """
 
     iters: int | None = None
     seconds: float = 2.0
     min_iters: int = 10
     max_iters: int = 1_000_000
-    rounds: int = 1
+    rounds: int = DEFAULT_ROUNDS
 
     def __post_init__(self) -> None:
         if self.iters is not None and self.iters < 1:
@@ -105,7 +114,22 @@ class Measure:
             return self
         share = lambda n: max(1, math.ceil(n / self.rounds))  # noqa: E731
         return Measure(iters=share(self.iters) if self.iters is not None else None, seconds=self.seconds / self.rounds,
-                       min_iters=share(self.min_iters), max_iters=share(self.max_iters))
+                       min_iters=share(self.min_iters), max_iters=share(self.max_iters), rounds=1)
+
+    def share(self, index: int) -> Measure | None:
+        """Round `index`'s share of the runs: exact counts (10 runs in 3 rounds: 4, 3, 3), time
+        split evenly; None for a round left without a run (fewer runs than rounds)."""
+        if self.rounds == 1:
+            return self
+
+        def part(n: int) -> int:
+            return n // self.rounds + (1 if index < n % self.rounds else 0)
+
+        if self.iters is not None:
+            n = part(self.iters)
+            return Measure(iters=n, rounds=1) if n > 0 else None
+        return Measure(seconds=self.seconds / self.rounds, min_iters=max(1, part(self.min_iters)),
+                       max_iters=max(1, part(self.max_iters)), rounds=1)
 
     def done(self, count: int, elapsed: float) -> bool:
         if self.iters is not None:
@@ -113,12 +137,21 @@ class Measure:
         return count >= self.max_iters or (count >= self.min_iters and elapsed >= self.seconds)
 
 
+# torch.utils.benchmark's judgement of a measurement: an interquartile range above 10% of the median
+# "suggests significant environmental influence" (its _IQR_WARN_THRESHOLD); above 25% it is gross.
+NOISY_SPREAD = 0.10
+GROSS_SPREAD = 0.25
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     """Statistics of per-run latencies, in milliseconds; throughput in samples per second.
 
     Percentiles interpolate linearly between ranks (numpy's default, as optimum-benchmark);
-    `std_ms` is the population standard deviation (ddof=0, as numpy.std).
+    `std_ms` is the population standard deviation (ddof=0, as numpy.std). `spread` is the
+    interquartile range over the median, the noise measure torch.utils.benchmark warns on; the
+    median's 95% confidence half-width is a box plot's notch, 1.57 x IQR / sqrt(count) (McGill,
+    Tukey and Larsen 1978): two medians whose notches do not overlap differ beyond the noise.
     """
 
     count: int
@@ -130,6 +163,9 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     throughput: float  # samples/s: batch / mean latency
+    p25_ms: float = math.nan
+    p75_ms: float = math.nan
+    p95_ms: float = math.nan
 
     @classmethod
     def from_seconds(cls, samples: list[float], batch: int) -> LatencyStats:
@@ -137,14 +173,43 @@ class LatencyStats:
             raise ValueError("no samples")
         ms = np.asarray(samples, dtype=np.float64) * 1e3
         mean = float(ms.mean())
-        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+        p25, p50, p75, p90, p95, p99 = (float(v) for v in np.percentile(ms, [25, 50, 75, 90, 95, 99]))
         return cls(
             count=int(ms.size), mean_ms=mean, std_ms=float(ms.std()), median_ms=p50, p90_ms=p90, p99_ms=p99,
             min_ms=float(ms.min()), max_ms=float(ms.max()), throughput=batch * 1e3 / mean if mean > 0 else math.inf,
+            p25_ms=p25, p75_ms=p75, p95_ms=p95,
         )
 
+    @property
+    def iqr_ms(self) -> float:
+        return self.p75_ms - self.p25_ms
+
+    @property
+    def spread(self) -> float:
+        """IQR / median: 0.1 and above is noisy by torch.utils.benchmark's rule."""
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else math.inf
+
+    @property
+    def noisy(self) -> bool:
+        return not self.spread < NOISY_SPREAD
+
+    @property
+    def median_ci_ms(self) -> float:
+        """Half-width of the median's 95% confidence interval (a box plot's notch)."""
+        return 1.57 * self.iqr_ms / math.sqrt(self.count)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "iqr_ms": self.iqr_ms, "spread": self.spread, "noisy": self.noisy, "median_ci_ms": self.median_ci_ms}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (math.inf if v is None else v) for k, v in data.items() if k in names})
+
+
+def clearly_faster(a: LatencyStats, b: LatencyStats) -> bool:
+    """Whether `a`'s median is below `b`'s by more than the noise: their notches do not overlap."""
+    return a.median_ms + a.median_ci_ms < b.median_ms - b.median_ci_ms
 
 
 @dataclass(frozen=True)
