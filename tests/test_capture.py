@@ -86,3 +86,22 @@ def test_eager_failure_on_sample_inputs_is_reported():
     loaded = LoadedModel(source="broken", task="feature-extraction", config=BertConfig(vocab_size=50), model=Broken().eval(), modality="text")
     with pytest.raises(CaptureError, match="failed in eager PyTorch.*wants pixel values"):
         capture(loaded)
+
+
+def test_a_constraint_violation_names_the_range_flags_that_fix_it():
+    from fxbench.models.capture import capture_error
+
+    # torch.export's own message (torch/fx/experimental/symbolic_shapes.py), as GPT-Neo's local attention raises it.
+    msg = ("Constraints violated (seq)! For more information, run with TORCH_LOGS=\"+dynamic\".\n"
+           "  - Not all values of seq = L['input_ids'].size()[1] in the specified range seq <= 128 satisfy the generated guard "
+           "8 >= L['input_ids'].size()[1].\nSuggested fixes:\n  seq = Dim('seq', max=8)")
+    line = str(capture_error(RuntimeError(msg), False, "gpt_neo (GPTNeoForCausalLM)"))
+    assert line == ("capture of gpt_neo (GPTNeoForCausalLM) failed: RuntimeError: Constraints violated (seq)!; a dynamic dimension "
+                    "cannot span its range: torch.export needs seq = Dim('seq', max=8): try --seq-range 2:8, or --static")
+    pinned = str(capture_error(RuntimeError("Constraints violated (seq)!\nSuggested fixes:\n  seq = 16"), False, "x"))
+    assert pinned.endswith("torch.export needs seq = 16: try --static --seq 16")
+    # GPT-Neo (tiny, 128 positions): no suggested fix, a guard that leaves out the top of the range.
+    msg = ("Constraints violated (seq)! For more information, run with TORCH_LOGS=\"+dynamic\".\n"
+           "  - Not all values of seq = L['input_ids'].size()[1] in the specified range seq <= 128 satisfy the generated guard "
+           "L['input_ids'].size()[1] != 128.")
+    assert str(capture_error(RuntimeError(msg), False, "x")).endswith("torch.export needs seq != 128: try --seq-range 2:127, or --static")

@@ -207,6 +207,17 @@ def _contiguous_as_clone(program: torch.export.ExportedProgram) -> torch.export.
     return program._update(gm, program.graph_signature)  # the same weights, signature and ranges
 
 
+def _transformers_translations() -> dict[Any, Any]:
+    """ONNX translations that transformers ships for its own custom ops (MoE experts' grouped matmul,
+    `transformers.grouped_mm_fallback`, which torch.onnx has none for). Only those ops: the rest of
+    its table re-translates aten ops that torch.onnx already translates, and is not ours to swap in."""
+    try:
+        from transformers.exporters.exporter_onnx import _ONNX_TRANSLATION_TABLE
+    except Exception:  # noqa: BLE001 - a private table: absent in other transformers versions
+        return {}
+    return {op: fn for op, fn in _ONNX_TRANSLATION_TABLE.items() if str(op).startswith("transformers.")}
+
+
 def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
     from fxbench.exporters.onnx_int8 import translations
 
@@ -223,7 +234,7 @@ def _to_onnx(subject: ExportSubject, opset: int) -> ir.Model:
                 output_names=list(subject.output_names),
                 opset_version=opset,
                 dynamic_shapes=axis_names or None,
-                custom_translation_table={**translations(opset), **(int4_translations() if int4 else {})},
+                custom_translation_table={**_transformers_translations(), **translations(opset), **(int4_translations() if int4 else {})},
                 optimize=True,
                 verbose=False,
                 report=False,

@@ -36,6 +36,7 @@ class ExportRequest:
     options: ExportOptions | None = None
     force: bool = False
     task: str | None = None
+    dims: DynamicDims = DynamicDims()  # the capture's ranges, for a model (a saved program keeps its own)
     device: str | None = None  # "auto", "cpu", "cuda"; None: the options' device. auto: an output folder's own, else the GPU if any
     load: LoadOptions = LoadOptions()
 
@@ -165,7 +166,7 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
             subject, source_report = _subject_from_folder(program_path, events, timings, request.load)
         else:
             batched = not isinstance(source, LoadedModel) or source.example_inputs is None or _batched(source)
-            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=DynamicDims() if batched else DynamicDims(static=True),
+            captured = load_and_capture(source, task=request.task, batch=2, seq=16, dims=request.dims if batched else DynamicDims(static=True),
                                         attn_implementation=None, events=events, timings=timings, load=request.load)
             subject = ExportSubject(captured.exported, captured, captured.output_names)
         started = _dt.datetime.now(_dt.timezone.utc)

@@ -305,13 +305,46 @@ def eager_failure(exc: BaseException, what: str = "the model", inputs: Sequence[
     )
 
 
+_RANGE_FLAGS = {"batch": "--batch-range", "seq": "--seq-range", "decoder_seq": "--seq-range"}
+
+
+def _suggested_fixes(text: str) -> str | None:
+    """torch.export's "Suggested fixes" for a dynamic dimension (`seq = Dim('seq', max=8)`, `seq = 16`)
+    as the flags that make them: --seq-range 2:8, or --static with that size."""
+    if "Suggested fixes:" not in text:
+        # A guard that excludes the range's top only (GPT-Neo: seq != 128, its positions): stop below it.
+        top = re.search(r"values of (\w+) = .*? in the specified range .*?\1 <= (\d+) satisfy the generated guard .*? != (\d+)\.", text)
+        if top and top.group(1) in _RANGE_FLAGS and top.group(2) == top.group(3):
+            name, hi = top.group(1), int(top.group(2))
+            return f"torch.export needs {name} != {hi}: try {_RANGE_FLAGS[name]} {1 if name == 'batch' else 2}:{hi - 1}"
+        return None
+    tried: list[str] = []
+    for fix in text.split("Suggested fixes:", 1)[1].strip().splitlines():
+        fix = fix.strip()
+        ranged = re.fullmatch(r"(\w+) = Dim\('\w+'(?:, min=(\d+))?(?:, max=(\d+))?\)", fix)
+        pinned = re.fullmatch(r"(\w+) = (\d+)", fix)
+        if ranged and ranged.group(1) in _RANGE_FLAGS:
+            name, lo, hi = ranged.groups()
+            low = lo or ("1" if name == "batch" else "2")
+            tried.append(f"{_RANGE_FLAGS[name]} {low}:{hi}" if hi else f"{_RANGE_FLAGS[name]} {low}:N")
+        elif pinned and pinned.group(1) in _RANGE_FLAGS:
+            name, size = pinned.groups()
+            tried.append(f"--static{' --seq ' + size if name != 'batch' else ' --batch ' + size}")
+        elif fix:
+            tried.append(f"({fix})")
+    return f"torch.export needs {'; '.join(ln.strip() for ln in text.split('Suggested fixes:', 1)[1].strip().splitlines())}: try {' '.join(tried)}" if tried else None
+
+
 def capture_error(exc: BaseException, static: bool, what: str = "the model") -> CaptureError:
     """One line for a capture that failed: where in the model, why, and what to try."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    head = lines[0][:240] if lines else type(exc).__name__
+    head = lines[0].replace(' For more information, run with TORCH_LOGS="+dynamic".', "")[:240] if lines else type(exc).__name__
     low = str(exc).lower()
+    fixes = _suggested_fixes(str(exc))
     if "data-dependent" in low or "data dependent" in low:
         hint = "the model branches on tensor values; try --static or another --task"
+    elif fixes and not static:
+        hint = f"a dynamic dimension cannot span its range: {fixes}" + ("" if "--static" in fixes else ", or --static")
     elif not static and ("constraint" in low or "specializ" in low or "guard" in low or "dim" in low):
         hint = "a dynamic dimension could not stay dynamic; try --static or narrower --batch-range/--seq-range"
     else:
