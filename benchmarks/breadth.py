@@ -235,13 +235,13 @@ def _one_model(name: str, work: Path, pipeline: str) -> ModelResult:
 
 def _worker(names: list[str], work: Path, pipeline: str, results: Path) -> None:
     """Run the models in turn, appending each result to `results` (JSON lines) as soon as it is known."""
-    from fxbench.cli import _quiet_libraries
+    from fxbench.quiet import quiet_libraries
 
-    _quiet_libraries()
-    for name in names:
-        result = _one_model(name, work, pipeline)
-        with results.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(asdict(result)) + "\n")
+    with quiet_libraries():
+        for name in names:
+            result = _one_model(name, work, pipeline)
+            with results.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(asdict(result)) + "\n")
 
 
 def run_sample(names: list[str], work: Path, pipeline: str = "O1",

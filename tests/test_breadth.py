@@ -49,9 +49,9 @@ def test_a_model_runs_through_both_commands_and_a_stopped_run_resumes(breadth, t
 def test_a_failure_is_recorded_as_its_one_error_line(breadth, tmp_path):
     folder = tmp_path / "model"
     breadth.build("bert", folder)
-    run = breadth._cli(["optimize", str(folder), "--batch", "0", "-o", str(tmp_path / "out")])
+    run = breadth._cli(["optimize", str(folder), "--sample-batch", "0", "-o", str(tmp_path / "out")])
     assert (run.exit_code, run.one_line) == (2, True)
-    assert run.line == "error: --batch must be at least 1, not 0" and run.command.startswith("optimize model --batch 0")
+    assert run.line == "error: --sample-batch must be at least 1, not 0" and run.command.startswith("optimize model --sample-batch 0")
     # A folder that is not there: one line too, exit 2, before anything loads.
     run = breadth._cli(["optimize", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
     assert run.exit_code == 2 and run.one_line and run.line.startswith("error: ")

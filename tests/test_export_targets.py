@@ -127,7 +127,7 @@ def test_a_registered_target_that_fails_leaves_no_file_and_is_reported(captured,
 def test_the_export_job_and_bench_take_a_registered_target_end_to_end(basic, tiny_dir, tmp_path):
     out = tmp_path / "out"
     result = export(ExportRequest(source=str(tiny_dir("bert")), targets=("onnx-basic",), output=out))
-    assert [a["file"] for a in result.report["artifacts"]] == ["model.onnx", "model.basic.onnx"]
+    assert [a.file for a in result.report.artifacts] == ["model.onnx", "model.basic.onnx"]
     bench = run_benchmark(out, None, [Shape(1, 8)], threads=1, warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=3))
     assert {b.label: b.status for b in bench.backends} == {"eager": "ok", "ort@model.onnx": "ok", "ort@model.basic.onnx": "ok"}
     assert all(m.parity.passed for m in bench.measurements)

@@ -339,7 +339,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_killed_runs_leftover
     assert_one_error(second.stderr, f"another fxbench run (pid {first.pid}) is writing {out}")
     assert not ran(second.stderr, "load")
     assert first.wait(timeout=300) == 0, log.read_text()
-    assert beside(out) == ["out"] and sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt2", "report.json", "report.md"]
+    assert beside(out) == ["out"] and sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt2", "report.html", "report.json", "report.md"]
 
 
 def test_the_final_rename_refuses_a_folder_that_appeared_meanwhile(tmp_path):

@@ -94,6 +94,8 @@ def write_generation_reports(result: GenerationResult, folder: Path) -> dict[str
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "md": folder / "report.md"}
-    write_json(result.to_dict(), paths["json"])
+    from fxbench.reports.schema import SCHEMA_VERSION
+
+    write_json({"schema_version": SCHEMA_VERSION, "kind": "generation", **result.to_dict()}, paths["json"])
     paths["md"].write_text(render_generation_markdown(result), encoding="utf-8")
     return paths
