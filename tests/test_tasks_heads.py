@@ -137,4 +137,4 @@ def test_optimize_help_lists_the_tasks_and_the_image_options():
     text = " ".join(result.output.replace("│", " ").split())
     for name in ("depth-estimation", "object-detection", "zero-shot-image-classification", "time-series-forecasting", "multiple-choice"):
         assert name in text
-    assert "--image-range" in text and "--bench-image-size" in text
+    assert "--image-range" in text and "--image-size" in text  # --bench-image-size is its hidden old name
