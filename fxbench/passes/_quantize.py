@@ -249,7 +249,10 @@ class Editor:
             qn = self.buffer(owner_path, f"{attr}_{_short(dtype)}", q, first)
             if dtype == torch.int8:
                 sn = self.buffer(owner_path, f"{attr}_scale", scale, first)
-                zn = self.buffer(owner_path, f"{attr}_zero_point", torch.zeros(scale.shape, dtype=torch.int64), first)
+                # int8 zeros, not PT2E's int64: an int64 zero point makes every eager run subtract
+                # it in int64 over the whole weight (17x the time of the dequantization itself).
+                # The ONNX form is the same (the translation casts the zero point to int8).
+                zn = self.buffer(owner_path, f"{attr}_zero_point", torch.zeros(scale.shape, dtype=torch.int8), first)
                 dq = self.call(qd.dequantize_per_channel.default, (qn, sn, zn, axis, -127, 127, torch.int8), out, before=first)
             elif axis is None:
                 dq = self.call(qd.dequantize_per_tensor.default, (qn, float(scale), 0, -448, 448, dtype), out, before=first)
