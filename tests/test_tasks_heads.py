@@ -251,10 +251,11 @@ def test_optimum_task_names_are_synonyms(tmp_path):
         canonical_task("depth")
 
 
-def test_optimize_help_lists_the_tasks_and_the_image_options():
+def test_optimize_help_and_the_readme_list_every_task_and_the_image_options():
     result = CliRunner().invoke(app, ["optimize", "--help"], env={"COLUMNS": "240", "TERMINAL_WIDTH": "240"})
     assert result.exit_code == 0
     text = " ".join(result.output.replace("│", " ").split())
-    for name in ("depth-estimation", "object-detection", "zero-shot-image-classification", "time-series-forecasting", "multiple-choice"):
-        assert name in text
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in TASKS:
+        assert name in text and f"`{name}`" in readme, name
     assert "--image-range" in text and "--image-size" in text  # --bench-image-size is its hidden old name
