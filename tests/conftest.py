@@ -68,20 +68,22 @@ _CAPTURES: dict[str, tuple[CapturedProgram, str]] = {}
 
 
 def _fingerprint(program: CapturedProgram) -> str:
-    """A digest of everything a test could change in place: the program's weights, buffers and
-    constants, the sample inputs and the eager reference outputs."""
+    """A digest of everything a test could change in place: the program's graphs (its own and its
+    submodules'), its weights, buffers and constants, the sample inputs and the eager reference
+    outputs. Tensors count by identity, storage, dtype, shape and version counter (which every
+    in-place write bumps), so the check costs no hashing of their data."""
     import hashlib
 
     digest = hashlib.sha1()
+    for name, module in program.exported.graph_module.named_modules():
+        if isinstance(module, torch.fx.GraphModule):
+            digest.update(f"{name}:{module.graph}".encode())
     named = [*program.exported.state_dict.items(), *program.exported.constants.items(),
              *(("input." + k, v) for k, v in program.inputs.tensors.items()),
              *((f"reference.{i}", t) for i, t in enumerate(program.reference))]
     for name, value in named:
-        digest.update(name.encode())
         if isinstance(value, torch.Tensor):
-            t = value.detach()
-            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(f"{name}:{id(value)}:{value.data_ptr()}:{value._version}:{value.dtype}:{tuple(value.shape)}".encode())
     return digest.hexdigest()
 
 
@@ -94,7 +96,7 @@ def captures_stay_unchanged():
     for family, (program, digest) in list(_CAPTURES.items()):
         if _fingerprint(program) != digest:
             del _CAPTURES[family]
-            pytest.fail(f"this test changed the cached capture of {family!r} in place (weights, inputs or reference)",
+            pytest.fail(f"this test changed the cached capture of {family!r} in place (graph, weights, inputs or reference)",
                         pytrace=False)
 
 
