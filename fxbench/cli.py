@@ -427,6 +427,8 @@ def optimize(
     shapes: ShapesOpt = None,
     trt_precision: TrtPrecisionOpt = None,
     bench: Annotated[bool, _flag("--bench/--no-bench", rich_help_panel="Benchmark", help="Time every artifact against eager PyTorch and name the best.")] = True,
+    screen: Annotated[bool, _flag("--screen/--no-screen", rich_help_panel="Benchmark",
+                                  help="Under a search: a short interleaved screen of every candidate's artifacts, then the full benchmark of each candidate's fastest; --no-screen gives every artifact the full benchmark.")] = True,
     batch: BatchOpt = "1",
     seq: SeqOpt = "128",
     image_size: Annotated[Optional[str], typer.Option("--image-size", rich_help_panel="Benchmark",
@@ -482,7 +484,7 @@ def optimize(
             bench_images=tuple(parse_image_sizes(image_size)) if image_size else (),
             warmup=warm, measure=measure, threads=threads, min_cosine=min_cosine,
             max_abs_error=float("inf") if max_abs_error is None else max_abs_error, search=search,
-            generate=generate, new_tokens=new_tokens, min_token_agreement=min_token_agreement,
+            screen=screen, generate=generate, new_tokens=new_tokens, min_token_agreement=min_token_agreement,
         )
         result = run_optimize(request, events=progress)
     _finish(result, json_out, lambda: print_optimize(out, result.report, result.output_dir, warnings=err))

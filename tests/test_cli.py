@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fxbench.reports.schema import SCHEMA_VERSION
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,7 +62,7 @@ def test_optimize_end_to_end_and_the_saved_program_reloads(tiny_dir, tmp_path):
     # report.md and report.html are written with --no-bench too (the HTML says the benchmark did not run).
     assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.html", "report.json", "report.md"]
     assert json.loads((out / "report.json").read_text()) == report
-    assert report["schema_version"] == "1.0" and report["kind"] == "optimize" and report["benchmark"] is None
+    assert report["schema_version"] == SCHEMA_VERSION and report["kind"] == "optimize" and report["benchmark"] is None
     assert [r["name"] for r in report["passes"]] == [
         "remove-noops", "fuse-attention", "fold-batchnorm", "fold-constants", "eliminate-common-subexpressions", "eliminate-dead-code",
     ]

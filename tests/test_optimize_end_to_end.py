@@ -29,26 +29,36 @@ def test_default_run_searches_the_cpu_presets_makes_their_artifacts_and_times_ea
     result, out, events = full_run
     report = json.loads((out / "report.json").read_text())
     # On a CPU, the plain run tries O2 and int8-cpu and keeps the faster; int8-cpu makes only ONNX
-    # Runtime's artifacts (its int8 kernels are the point of it).
+    # Runtime's artifacts (its int8 kernels are the point of it). The search makes no AOTInductor
+    # package (minutes of compiling, slower than ONNX Runtime on a CPU) and says so.
     assert report["device"] == "cpu" and [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
     made = {c["pipeline"]: c["artifacts"] for c in report["search"]}
-    assert made == {"O2": ["model.pt2", "model.onnx", "model.ort.onnx", "model.aoti.pt2"],
-                    "int8-cpu": ["model.pt2", "model.onnx", "model.ort.onnx"]}
+    assert made == {"O2": ["model.pt2", "model.onnx", "model.ort.onnx"], "int8-cpu": ["model.pt2", "model.onnx", "model.ort.onnx"]}
+    assert [c["left_out"] for c in report["search"]] == [["aoti"], []]
     winner = report["pipeline"]["name"]
     files = made[winner]
     assert [a["file"] for a in report["artifacts"]] == files
     assert sorted(p.name for p in out.iterdir()) == sorted([*files, "report.json", "report.md", "report.html"])
+    runner = {"model.pt2": "program", "model.onnx": "ort", "model.ort.onnx": "ort"}
+    # A short interleaved screen of every candidate's artifacts beside one eager baseline ...
+    screen = report["screen"]
+    screened = [b["label"] for b in screen["backends"]]
+    assert screened == ["eager", *(f"{runner[f]}@{c}/{f}" for c in ("O2", "int8-cpu") for f in made[c])]
+    assert {m["backend"] for m in screen["measurements"]} == set(screened)
+    # ... then the full benchmark of each candidate's fastest within budget, beside one eager baseline.
     bench = report["benchmark"]
     labels = [b["label"] for b in bench["backends"]]
-    runner = {"model.pt2": "program", "model.onnx": "ort", "model.ort.onnx": "ort", "model.aoti.pt2": "aoti"}
-    # One interleaved benchmark of every candidate's artifacts beside one eager baseline.
-    assert labels == ["eager", *(f"{runner[f]}@{c}/{f}" for c in ("O2", "int8-cpu") for f in made[c])]
-    assert all(b["status"] == "ok" for b in bench["backends"]), bench["backends"]
-    # Paths relative to the output folder (candidate/file): the run happened in a staging folder that no longer exists.
-    assert all(b["artifact"] is None or b["artifact"].count("/") == 1 for b in bench["backends"])
+    assert labels == ["eager", *(c["best"]["backend"] for c in report["search"])] and len(labels) == 3
+    assert screen["settings"]["measure"]["rounds"] == 3 and bench["settings"]["measure"]["iters"] == 5  # QUICK's, not the screen's
+    for result_ in (screen, bench):
+        assert all(b["status"] == "ok" for b in result_["backends"]), result_["backends"]
+        # Paths relative to the output folder (candidate/file): the run happened in a staging folder that no longer exists.
+        assert all(b["artifact"] is None or b["artifact"].count("/") == 1 for b in result_["backends"])
+        assert all((m["batch"], m["seq"]) == (1, 32) for m in result_["measurements"])
     assert {m["backend"] for m in bench["measurements"]} == set(labels)
-    assert all((m["batch"], m["seq"]) == (1, 32) for m in bench["measurements"])
-    assert ("bench", "done") in events
+    assert ("screen", "done") in events and ("bench", "done") in events
+    md = (out / "report.md").read_text()
+    assert "- screened only: model.pt2" in md and "- not made in the search: aoti (--to names" in md
 
 
 def test_best_artifact_is_the_fastest_of_fxbench_within_budget(full_run):
@@ -82,10 +92,12 @@ def test_no_artifact_within_budget_is_said_not_hidden(captured, tmp_path):
 
 def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
     out = tmp_path / "s"
-    result = optimize_captured(captured("bert"), OptimizeRequest(output=out, targets=("onnx-ort",), search=True, **QUICK))
+    # --no-screen: the full benchmark times every candidate's artifacts.
+    result = optimize_captured(captured("bert"), OptimizeRequest(output=out, targets=("onnx-ort",), search=True, screen=False, **QUICK))
     report = result.report_json
     assert [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
-    assert all(c["status"] == "ok" and c["best"] is not None for c in report["search"])
+    assert all(c["status"] == "ok" and c["best"] is not None and c["left_out"] == [] for c in report["search"])
+    assert "screen" not in report and "search" not in report["seconds"] and "screen" not in report["seconds"]
     # One benchmark of every candidate's artifacts beside one eager baseline, each labelled with its pipeline.
     labels = [b["label"] for b in report["benchmark"]["backends"]]
     assert labels.count("eager") == 1 and {"ort@O2/model.ort.onnx", "ort@int8-cpu/model.ort.onnx"} <= set(labels)

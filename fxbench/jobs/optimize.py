@@ -22,7 +22,8 @@ from fxbench.jobs.common import report_header, require_device, resolve_device, r
 from fxbench.jobs.common import generation_task, model_record
 from fxbench.jobs.generate import generation_backends
 from fxbench.jobs.folders import check_output_dir, output_lock, staged_directory
-from fxbench.jobs.search import Candidate, candidate_folder, file_named, keep_winner, pick_winner, relabel
+from fxbench.jobs.search import SCREEN_MEASURE, SCREEN_WARMUP, Candidate, candidate_folder, file_named, keep_winner, left_out, pick_winner
+from fxbench.jobs.search import relabel
 from fxbench.models import (CapturedProgram, DynamicDims, GraphFault, LoadedModel, LoadOptions, ReexportError, export_graph_module,
                             failing_node, run_module)
 from fxbench.numerics import Parity, compare
@@ -80,6 +81,10 @@ class OptimizeRequest:
     # when neither a pipeline nor passes are named and the benchmark runs (the plain `fxbench
     # optimize MODEL` ends with its fastest artifact: int8 there), else not.
     search: bool | None = None
+    # Under a search: every candidate's artifacts are first timed in a short interleaved screen, and
+    # only each candidate's fastest within budget gets the full benchmark (the table the winner is
+    # picked from). False: the full benchmark times every artifact (minutes more on a small CPU).
+    screen: bool = True
     # Generation: `generate` captures a causal LM with its KV cache (the with-past task); a with-past
     # capture is benchmarked by greedy generation, bench_shapes as (batch, prompt length), this many new tokens.
     generate: bool = False
@@ -292,12 +297,19 @@ def _ours(cand: Candidate) -> list[str]:
 
 
 def _bench(captured: CapturedProgram, candidates: list[Candidate], request: OptimizeRequest, device: str, shapes: list[Shape],
-           events: EventFn, timings: dict[str, float]) -> tuple[BenchResult, Choice | None]:
+           events: EventFn, timings: dict[str, float]) -> tuple[BenchResult, Choice | None, BenchResult | None]:
     """One benchmark of every candidate's artifacts beside one eager baseline, interleaved; each
-    candidate's best, and the best of all."""
+    candidate's best, and the best of all. Under a search with `screen`, a short interleaved screen
+    of all of them first, and the full benchmark of each candidate's fastest within budget (the
+    screen is returned too; with no finalist at all, it is the benchmark)."""
     ok = [c for c in candidates if c.error is None]
-    backends = [Backend("eager"), *(b for c in ok for b in c.backends)]
     checks = _checks(ok)
+    screen = None
+    if request.search and request.screen:
+        screen = _screen(captured, ok, request, device, shapes, events, timings, checks)
+        if not any(c.backends for c in ok):
+            return screen, None, screen
+    backends = [Backend("eager"), *(b for c in ok for b in c.backends)]
     with step(events, "bench", timings) as d:
         bench = run_benchmark(
             captured, backends, shapes, device=device, threads=request.threads, warmup=request.warmup,
@@ -312,7 +324,27 @@ def _bench(captured: CapturedProgram, candidates: list[Candidate], request: Opti
         else:
             lead = "" if best.clear is None else (", a clear lead" if best.clear else ", within the noise of " + ", ".join(best.tied_with))
             d["detail"] = f"best {best.backend}: {best.median_ms:.2f} ms" + (f", {best.speedup:.2f}x eager" if best.speedup else "") + lead
-    return bench, best
+    return bench, best, screen
+
+
+def _screen(captured: CapturedProgram, ok: list[Candidate], request: OptimizeRequest, device: str, shapes: list[Shape],
+            events: EventFn, timings: dict[str, float], checks: dict[str, dict[str, Any]]) -> BenchResult:
+    """Every candidate's artifacts in one short interleaved run beside eager; each candidate keeps
+    only its fastest within budget as its backend (none: it has no finalist)."""
+    backends = [Backend("eager"), *(b for c in ok for b in c.backends)]
+    with step(events, "screen", timings) as d:
+        screen = run_benchmark(
+            captured, backends, shapes, device=device, threads=request.threads, warmup=SCREEN_WARMUP, measure=SCREEN_MEASURE,
+            events=prefixed(events, "screen: "), command=sys.argv,
+        )
+        finalists = []
+        for cand in ok:
+            pick = best_artifact(screen, request.min_cosine, request.max_abs_error, among=_ours(cand), checks=checks)
+            cand.backends = [b for b in cand.backends if pick is not None and b.label == pick.backend]
+            finalists += cand.labels
+        d["detail"] = (f"{len(backends) - 1} artifacts, {SCREEN_MEASURE.seconds:g} s each; the full benchmark times "
+                       + (", ".join(finalists) if finalists else "none: no artifact meets the accuracy budget") + " (--no-screen: all)")
+    return screen
 
 
 def _candidate(captured: CapturedProgram, pipeline: str | None, passes: list[FxbenchPass], request: OptimizeRequest,
@@ -451,11 +483,15 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
             targets = plan.targets
             if request.targets is None and name in PIPELINES and PIPELINES[name].targets:
                 targets = tuple(t for t in targets if t in PIPELINES[name].targets)  # what the preset is for, unless targets are named
+            skipped = left_out(targets, plan.device) if request.search and request.targets is None else ()
+            targets = tuple(t for t in targets if t not in skipped)
             try:
                 if request.search:
                     with step(events, f"candidate {name}", {}, place=count(k + 1, len(plan.pipelines))) as d:
                         cand = _candidate(captured, name, passes, request, targets, plan.options, plan.device, folder, events, prefix)
-                        d["detail"] = f"{len(cand.artifacts)} artifacts"
+                        cand.left_out = skipped
+                        d["detail"] = f"{len(cand.artifacts)} artifacts" + (
+                            f"; not made in the search: {', '.join(skipped)} (--to names it)" if skipped else "")
                 else:
                     cand = _candidate(captured, name, passes, request, targets, plan.options, plan.device, folder, events, prefix)
                 candidates.append(cand)
@@ -465,17 +501,17 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
                 if not request.search:
                     raise
                 candidates.append(Candidate(name, [p.name for p in passes], error=" ".join(str(exc).split())))
-        bench, best = None, None
+        bench, best, screen = None, None, None
         if isinstance(captured, DecoderCapture):
             best = next((c.best for c in candidates if c.error is None and c.best is not None), None)  # generation, per candidate
         elif request.bench and any(c.error is None for c in candidates):
-            bench, best = _bench(captured, candidates, request, plan.device, _bench_shapes(request, captured), events, timings)
+            bench, best, screen = _bench(captured, candidates, request, plan.device, _bench_shapes(request, captured), events, timings)
         winner = pick_winner(candidates, best)
         if request.search:
             keep_winner(staging, winner)
         for cand in candidates:
             timings.update({f"{cand.pipeline}: {k}" if request.search else k: v for k, v in cand.timings.items()})
-        report = _report(request, captured, winner, candidates, plan.device, started, timings, bench, best, staging)
+        report = _report(request, captured, winner, candidates, plan.device, started, timings, bench, best, staging, screen)
         write_optimize_reports(report, staging)
     assert winner.result is not None
     return OptimizeResult(plan.out_dir, report, winner.result, captured, timings, winner.failures, bench, best, candidates,
@@ -514,7 +550,7 @@ def _generation_file_names(result: GenerationResult) -> GenerationResult:
 
 def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candidate, candidates: list[Candidate], device: str,
             started: _dt.datetime, timings: dict[str, float], bench: BenchResult | None, best: Choice | None,
-            staging: Path) -> OptimizeReport:
+            staging: Path, screen: BenchResult | None = None) -> OptimizeReport:
     result = winner.result
     assert result is not None
     return OptimizeReport(
@@ -537,4 +573,5 @@ def _report(request: OptimizeRequest, captured: CapturedProgram, winner: Candida
         environment=collect_environment(sys.argv),
         seconds=dict(timings),
         search=tuple(c.record() for c in candidates) if request.search else None,
+        screen=_file_names(screen, staging) if screen is not None and screen is not bench else None,
     )

@@ -17,11 +17,23 @@ from fxbench.reports.records import SearchCandidate
 from fxbench.runtime.backends import Backend
 from fxbench.runtime.bench import BenchResult, Choice
 from fxbench.runtime.generation import GenerationResult
+from fxbench.runtime.harness import Measure, Warmup
 
 if TYPE_CHECKING:
     from fxbench.exporters.export import ExportFailure
 
-__all__ = ["Candidate", "candidate_folder", "file_named", "keep_winner", "pick_winner", "relabel"]
+__all__ = ["SCREEN_MEASURE", "SCREEN_WARMUP", "Candidate", "candidate_folder", "file_named", "keep_winner", "left_out", "pick_winner",
+           "relabel"]
+
+# The screen before the full benchmark: a few interleaved runs of every candidate's artifacts, enough
+# to tell a 10 ms ONNX Runtime session from a 100 ms program (its times are in report.json's
+# `screen`); the finalists then get the request's full warm-up and timing.
+SCREEN_WARMUP = Warmup(iters=2, seconds=0.1, window=2, max_seconds=10.0)
+SCREEN_MEASURE = Measure(seconds=0.6, min_iters=3, rounds=3)
+
+# Export targets a search does not make unless --to names them, by device: on a CPU, AOTInductor's
+# compile takes minutes per candidate, and its package runs slower than ONNX Runtime's artifacts.
+_LEFT_OUT = {"cpu": ("aoti",)}
 
 
 def file_named(choice: Choice) -> Choice:
@@ -45,6 +57,7 @@ class Candidate:
     generation: GenerationResult | None = None  # a with-past capture's benchmark, by greedy generation
     error: str | None = None  # the candidate failed as a whole (search goes on with the others)
     timings: dict[str, float] = field(default_factory=dict)  # by step name, without the candidate's prefix
+    left_out: tuple[str, ...] = ()  # export targets the search did not make (see `left_out`)
 
     @property
     def labels(self) -> list[str]:
@@ -55,8 +68,13 @@ class Candidate:
             pipeline=self.pipeline, passes=tuple(self.passes), status="failed" if self.error else "ok", error=self.error,
             precision=self.result.precision if self.result else None, parity=self.result.parity if self.result else None,
             artifacts=tuple(a.file for a in self.artifacts), best=file_named(self.best) if self.best else None,
-            seconds=round(sum(self.timings.values()), 3),
+            seconds=round(sum(self.timings.values()), 3), left_out=self.left_out,
         )
+
+
+def left_out(targets: tuple[str, ...], device: str) -> tuple[str, ...]:
+    """Those of `targets` a search on `device` does not make unless they are named."""
+    return tuple(t for t in targets if t in _LEFT_OUT.get(device, ()))
 
 
 def candidate_folder(staging: Path, pipeline: str | None) -> Path:

@@ -162,6 +162,7 @@ class SearchCandidate(_Record):
     artifacts: tuple[str, ...]
     best: Choice | None  # its artifact a file name
     seconds: float
+    left_out: tuple[str, ...] = ()  # export targets the search did not make (--to names them)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchCandidate:
@@ -169,7 +170,7 @@ class SearchCandidate(_Record):
             pipeline=data.get("pipeline"), passes=tuple(data.get("passes") or ()), status=data["status"], error=data.get("error"),
             precision=data.get("precision"), parity=Parity.from_dict(data["parity"]) if data.get("parity") else None,
             artifacts=tuple(data.get("artifacts") or ()), best=Choice.from_dict(data["best"]) if data.get("best") else None,
-            seconds=float(data.get("seconds") or 0.0),
+            seconds=float(data.get("seconds") or 0.0), left_out=tuple(data.get("left_out") or ()),
         )
 
 
@@ -233,6 +234,8 @@ class OptimizeReport(_FolderReport):
     seconds: Mapping[str, float]
     search: tuple[SearchCandidate, ...] | None = None  # with --search only
     generation: GenerationResult | None = None  # a with-past capture's benchmark (greedy generation), instead of `benchmark`
+    # A search's short screen of every candidate's artifacts (`benchmark` then times each candidate's fastest).
+    screen: BenchResult | None = None
 
     kind: ClassVar[str] = "optimize"
 
@@ -244,6 +247,10 @@ class OptimizeReport(_FolderReport):
             del data["search"]
         if self.generation is None:
             del data["generation"]
+        if self.screen is None:
+            del data["screen"]
+        else:
+            data["screen"] = _nested_benchmark(data["screen"])
         return data
 
     @classmethod
@@ -270,6 +277,7 @@ class OptimizeReport(_FolderReport):
             environment=dict(data.get("environment") or {}),
             seconds=dict(data.get("seconds") or {}),
             search=tuple(SearchCandidate.from_dict(c) for c in data["search"]) if data.get("search") is not None else None,
+            screen=BenchResult.from_dict(data["screen"], environment=data.get("environment")) if data.get("screen") else None,
         )
 
 

@@ -14,8 +14,9 @@ from fxbench.errors import FxbenchError
 __all__ = ["SCHEMA_PATH", "SCHEMA_VERSION", "check_version", "load_schema", "validate_report"]
 
 # MAJOR.MINOR: a minor version adds fields (readers of the same major read it); a major one changes
-# or removes them. 1.0: the first versioned report (kind, null for non-finite numbers, raw samples).
-SCHEMA_VERSION = "1.0"
+# or removes them. 1.0: the first versioned report (kind, null for non-finite numbers, raw samples);
+# 1.1: optimize's `screen` and search candidates' `left_out`.
+SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
 
