@@ -103,6 +103,7 @@ def optimize(
     min_cosine: float = 0.99,
     max_abs_error: float | None = None,
     search: bool | None = None,
+    screen: bool = True,
     task: str | None = None,
     opset: int | None = None,
     force: bool = False,
@@ -127,6 +128,7 @@ def optimize(
         force=force, dims=_dims(source), load=load or LoadOptions(), targets=targets, export=_export_options(opset, None), device=device,
         bench=bench, bench_shapes=tuple(_shapes(source, batch, seq)), warmup=Warmup(), measure=Measure(seconds=time, rounds=rounds),
         threads=threads, min_cosine=min_cosine, max_abs_error=math.inf if max_abs_error is None else max_abs_error, search=search,
+        screen=screen,
     )
     with _session(progress) as events:
         return optimize_job(request, events=events)
