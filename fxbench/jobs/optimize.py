@@ -329,9 +329,10 @@ def _bench(captured: CapturedProgram, candidates: list[Candidate], request: Opti
 
 def _screen(captured: CapturedProgram, ok: list[Candidate], request: OptimizeRequest, device: str, shapes: list[Shape],
             events: EventFn, timings: dict[str, float], checks: dict[str, dict[str, Any]]) -> BenchResult:
-    """Every candidate's artifacts in one short interleaved run beside eager; each candidate keeps
-    only its fastest within budget as its backend (none: it has no finalist)."""
-    backends = [Backend("eager"), *(b for c in ok for b in c.backends)]
+    """Every candidate's artifacts in one short interleaved run (no eager: it ranks artifacts, and
+    eager is timed in the benchmark after it); each candidate keeps only its fastest within budget
+    as its backend (none: it has no finalist)."""
+    backends = [b for c in ok for b in c.backends]
     with step(events, "screen", timings) as d:
         screen = run_benchmark(
             captured, backends, shapes, device=device, threads=request.threads, warmup=SCREEN_WARMUP, measure=SCREEN_MEASURE,
@@ -342,7 +343,7 @@ def _screen(captured: CapturedProgram, ok: list[Candidate], request: OptimizeReq
             pick = best_artifact(screen, request.min_cosine, request.max_abs_error, among=_ours(cand), checks=checks)
             cand.backends = [b for b in cand.backends if pick is not None and b.label == pick.backend]
             finalists += cand.labels
-        d["detail"] = (f"{len(backends) - 1} artifacts, {SCREEN_MEASURE.seconds:g} s each; the full benchmark times "
+        d["detail"] = (f"{len(backends)} artifacts, {SCREEN_MEASURE.seconds:g} s each; the full benchmark times "
                        + (", ".join(finalists) if finalists else "none: no artifact meets the accuracy budget") + " (--no-screen: all)")
     return screen
 

@@ -28,8 +28,8 @@ __all__ = ["SCREEN_MEASURE", "SCREEN_WARMUP", "Candidate", "candidate_folder", "
 # The screen before the full benchmark: a few interleaved runs of every candidate's artifacts, enough
 # to tell a 10 ms ONNX Runtime session from a 100 ms program (its times are in report.json's
 # `screen`); the finalists then get the request's full warm-up and timing.
-SCREEN_WARMUP = Warmup(iters=2, seconds=0.1, window=2, max_seconds=10.0)
-SCREEN_MEASURE = Measure(seconds=0.6, min_iters=3, rounds=3)
+SCREEN_WARMUP = Warmup(iters=1, seconds=0.1, window=2, max_seconds=10.0)
+SCREEN_MEASURE = Measure(seconds=0.5, min_iters=2, rounds=2)
 
 # Export targets a search does not make unless --to names them, by device: on a CPU, AOTInductor's
 # compile takes minutes per candidate, and its package runs slower than ONNX Runtime's artifacts.
