@@ -8,7 +8,7 @@ the same interleaved rounds, with the final-hidden-state cosine of each over 48 
 artifact and the targets (CPU: at least 1.10x the ORT recipe at final-hidden cosine mean >= 0.995, min
 >= 0.99; CUDA: at least 10x eager fp32, no slower than max-autotune) are judged on the same numbers.
 
-    python benchmarks/bert_base.py [--quick] [--device cpu|cuda|all] [--batch 1,8] [--seq 128,512]
+    python benchmarks/bert_base.py [--quick] [--device cpu|cuda|all] [--batch 1,8] [--seq 128,512] [--work DIR]
 
 Results: benchmarks/results/bert_base-<device>.json (+ .md), with the environment and the command.
 """
@@ -59,7 +59,10 @@ def main() -> None:
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()] or devices
     warmup, measure = settings(args)
-    work = Path(tempfile.mkdtemp(prefix="fxbench-bert-base-"))
+    # --work: a folder kept between runs; the fxbench folders and the plain export made there by an
+    # earlier run (same code) are reused, and the peers are built again.
+    work = args.work or Path(tempfile.mkdtemp(prefix="fxbench-bert-base-"))
+    work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     machine = cpu_isa()
     threads = args.threads or (2 if "cpu" in devices else None)
@@ -68,9 +71,10 @@ def main() -> None:
     folder = bert_base(work / "bert-base")
     captured = capture(load_model(str(folder)))
     seconds["load and capture"] = time.perf_counter() - t
-    t = time.perf_counter()
-    torch.onnx.export(captured.exported, dynamo=True, f=str(work / "model.onnx"))
-    seconds["plain onnx export"] = time.perf_counter() - t
+    if not (work / "model.onnx").is_file():
+        t = time.perf_counter()
+        torch.onnx.export(captured.exported, dynamo=True, f=str(work / "model.onnx"))
+        seconds["plain onnx export"] = time.perf_counter() - t
 
     for device in devices:
         ours = fxbench_backends(captured, PIPELINES[device], work, device, seconds)

@@ -492,7 +492,8 @@ def _run_backends(backends: Sequence[Backend], captured: CapturedProgram, work: 
                     measured[m.backend, shape] = m
         finally:
             for _, session in loaded:
-                _release(session)
+                session.close()
+            _release(None)  # one collection for the group, not one per backend (each walks the whole heap)
     # By backend, then by shape, however they were timed.
     return records, [measured[b.label, s] for b in backends for s in work.shapes if (b.label, s) in measured]
 

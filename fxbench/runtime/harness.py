@@ -239,9 +239,11 @@ def _now() -> float:
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """The collector stays out of the timed loop (as timeit does): a collection inside one run
-    would show as a latency outlier that belongs to no backend."""
+    would show as a latency outlier that belongs to no backend. The young generations are swept
+    first (what the runs before left); a full collection walks every object of the loaded programs
+    and costs ~0.5 s on a busy 2-core host, per call, which is several per backend."""
     was = gc.isenabled()
-    gc.collect()
+    gc.collect(1)
     gc.disable()
     try:
         yield
