@@ -331,15 +331,17 @@ def summary_lines(report: OptimizeReport) -> list[str]:
         lines += best_lines(report.best.choice if report.best else None, report.best.min_cosine if report.best else 0.0,
                             benchmarked=report.benchmark is not None or report.generation is not None)
     if report.benchmark is not None:
-        timed = {Path(b.artifact).name for b in report.benchmark.backends if b.artifact}
-        screened = {Path(b.artifact).name for b in report.screen.backends if b.artifact} if report.screen else set()
-        later = [a.file for a in report.artifacts if a.file not in timed]
-        short = [f for f in later if f in screened]
+        # A search's benchmark names files by candidate (int8-cpu/model.onnx): the kept ones are the winner's.
+        kept = f"{report.pipeline.name}/" if report.search else ""
+        timed = {Path(b.artifact).as_posix() for b in report.benchmark.backends if b.artifact}
+        screened = {Path(b.artifact).as_posix() for b in report.screen.backends if b.artifact} if report.screen else set()
+        later = [a.file for a in report.artifacts if kept + a.file not in timed]
+        short = [f for f in later if kept + f in screened]
         if short:
             lines.append(f"screened only: {', '.join(short)} (a short run beside every candidate's artifacts, report.json's `screen`; "
                          "the benchmark times each candidate's fastest; --no-screen times them all)")
         if len(short) < len(later):
-            lines.append(f"not in the benchmark: {', '.join(f for f in later if f not in screened)} (added after it; fxbench bench DIR times every artifact)")
+            lines.append(f"not in the benchmark: {', '.join(f for f in later if kept + f not in screened)} (added after it; fxbench bench DIR times every artifact)")
     left = sorted({t for c in report.search or () for t in c.left_out})
     if left:
         lines.append(f"not made in the search: {', '.join(left)} (--to names the targets to make)")
