@@ -70,8 +70,13 @@ def test_best_artifact_is_the_fastest_of_fxbench_within_budget(full_run):
     report = json.loads((out / "report.json").read_text())
     best = report["best"]
     assert best["backend"] != "eager" and best["artifact"] in {"model.pt2", "model.onnx", "model.ort.onnx", "model.aoti.pt2"}
-    medians = {m["backend"]: m["latency"]["median_ms"] for m in report["benchmark"]["measurements"]}
-    assert best["median_ms"] == pytest.approx(min(v for k, v in medians.items() if k != "eager"))
+    medians = {m["backend"]: m["latency"]["median_ms"] for m in report["benchmark"]["measurements"] if m["backend"] != "eager"}
+    fastest = min(medians, key=medians.get)
+    # The fastest; or, within the noise of it, the more precise (the search's finalists: fp32 and int8).
+    if best["clear"] is not False:
+        assert best["median_ms"] == pytest.approx(medians[fastest])
+    else:
+        assert best["backend"] == fastest or fastest in best["tied_with"], (best, medians)
     assert best["worst_cosine"] >= best["min_cosine"] == 0.99
     md = (out / "report.md").read_text()
     assert md.startswith("# fxbench optimize: bert") and "## Passes" in md and "## Artifacts" in md and "## Benchmark" in md
