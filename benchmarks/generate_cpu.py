@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -68,6 +70,8 @@ def _args() -> argparse.Namespace:
                    help="AOTInductor packages for the fp32 program only (default), every pipeline, or none (minutes to compile each).")
     p.add_argument("--no-aoti", dest="aoti", action="store_const", const="none", help="Same as --aoti none.")
     p.add_argument("--no-program", action="store_true", help="Leave out the fp32 exported program (PyTorch eager-speed, slow rounds).")
+    p.add_argument("--lean", action="store_true",
+                   help="Fewer backends, shorter rounds: --no-program, and of the weight-only pipelines only their ORT-fused ONNX (model.ort.onnx).")
     p.add_argument("--work", type=Path, default=None, help="Folder for the model and the output folders; existing ones are reused.")
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -96,6 +100,7 @@ def _ort_int4(onnx: Path, folder: Path, group: int) -> Path:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     path = folder / f"model.ort-matmulnbits-g{group}.onnx"
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node otherwise
     if not path.exists():
         quantizer = MatMulNBitsQuantizer(onnx_lib.load(str(onnx)), block_size=group, is_symmetric=False)
         quantizer.process()
@@ -206,7 +211,9 @@ def main() -> int:
         for art in read_artifacts(folder):
             # The weight-only programs run PyTorch's dequantize / int4 kernels, far slower than fp32 on
             # this CPU (minutes per round): their ONNX and AOTInductor forms are what is deployed.
-            if art.kind not in runners or (art.kind == "program" and (label != "fp32" or args.no_program)):
+            if art.kind not in runners or (art.kind == "program" and (label != "fp32" or args.no_program or args.lean)):
+                continue
+            if args.lean and label != "fp32" and art.kind != "onnx-ort":
                 continue
             if art.kind == "aoti" and args.aoti == "none":
                 continue
@@ -266,6 +273,8 @@ def main() -> int:
 def _print(step: str, status: str, detail: str) -> None:
     if status != "start":
         print(f"{status:>5} {step}: {detail}", flush=True)
+    elif re.search(r" b\d+ p\d+$", step):  # a backend's untimed generations at a shape: minutes for some
+        print(f"start {step}: untimed, warm-up and teacher-forced generations", flush=True)
 
 
 if __name__ == "__main__":
