@@ -232,6 +232,12 @@ RemoteCodeOpt = Annotated[bool, _flag("--trust-remote-code", rich_help_panel="Mo
 # capture
 SampleBatchOpt = Annotated[int, typer.Option("--sample-batch", rich_help_panel="Capture", help="Batch of the sample the model is captured and checked on.")]
 SampleSeqOpt = Annotated[int, typer.Option("--sample-seq", rich_help_panel="Capture", help="Sequence length of that sample (text models).")]
+BatchRangeOpt = Annotated[Optional[str], typer.Option("--batch-range", rich_help_panel="Capture", help="Dynamic batch range MIN:MAX (default 1:64).")]
+SeqRangeOpt = Annotated[Optional[str], typer.Option("--seq-range", rich_help_panel="Capture",
+                                                    help="Dynamic sequence range MIN:MAX, capped at the model's positions (default 2:512).")]
+ImageRangeOpt = Annotated[Optional[str], typer.Option("--image-range", rich_help_panel="Capture",
+                                                      help="Dynamic image height and width range MIN:MAX for vision models (default 32:2048, narrowed to what the model accepts).")]
+StaticOpt = Annotated[bool, _flag("--static", rich_help_panel="Capture", help="Capture with static shapes.")]
 # artifacts
 DeviceOpt = Annotated[str, _Names("device", DEVICE_NAMES).option("--device", rich_help_panel="Artifacts",
                                         help="Where artifacts are built and timed: auto (an output folder's own device, else the GPU if there is one), cpu or cuda.")]
@@ -325,6 +331,14 @@ def _range(text: str, what: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _dims(batch_range: str | None, seq_range: str | None, image_range: str | None, static: bool) -> "DynamicDims":
+    """The capture's dynamic ranges from --batch-range/--seq-range/--image-range/--static (unset: the defaults)."""
+    from fxbench.models import DynamicDims
+
+    given = {k: _range(v, k) for k, v in (("batch", batch_range), ("seq", seq_range), ("image", image_range)) if v}
+    return DynamicDims(static=static, **given)
+
+
 def _int_list(text: str, what: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -402,11 +416,10 @@ def optimize(
                                             help="Try the presets that fit --device; keep the fastest within the budget (default: on a CPU without --pipeline or --passes).")] = None,
     sample_batch: SampleBatchOpt = 2,
     sample_seq: SampleSeqOpt = 16,
-    batch_range: Annotated[str, typer.Option("--batch-range", rich_help_panel="Capture", help="Dynamic batch range MIN:MAX.")] = "1:64",
-    seq_range: Annotated[str, typer.Option("--seq-range", rich_help_panel="Capture", help="Dynamic sequence range MIN:MAX (capped at the model's positions).")] = "2:512",
-    image_range: Annotated[Optional[str], typer.Option("--image-range", rich_help_panel="Capture",
-                                                       help="Dynamic image height and width range MIN:MAX for vision models (default 32:2048, narrowed to what the model accepts).")] = None,
-    static: Annotated[bool, _flag("--static", rich_help_panel="Capture", help="Capture with static shapes.")] = False,
+    batch_range: BatchRangeOpt = None,
+    seq_range: SeqRangeOpt = None,
+    image_range: ImageRangeOpt = None,
+    static: StaticOpt = False,
     to: Annotated[Optional[str], _TARGETS_OR_NONE.option("--to", metavar="TARGETS", rich_help_panel="Artifacts",
                                               help="Artifacts to make, comma-separated (see `fxbench targets list`); none: model.pt2 only. Default: those that fit --device.")] = None,
     device: DeviceOpt = "auto",
@@ -450,7 +463,6 @@ def optimize(
     with _job(quiet, verbose) as progress:
         from fxbench.jobs import OptimizeRequest
         from fxbench.jobs import optimize as run_optimize
-        from fxbench.models import DynamicDims
         from fxbench.reports.terminal import print_optimize
         from fxbench.runtime.bench import parse_image_sizes
 
@@ -463,8 +475,7 @@ def optimize(
             model=model, output=output, task=task, pipeline=pipeline, passes=edits, dtype=dtype, strict=strict, force=force,
             batch=sample_batch, seq=sample_seq, attn_implementation=attn,
             load=_load_options(revision, cache_dir, token, trust_remote_code),
-            dims=DynamicDims(batch=_range(batch_range, "batch"), seq=_range(seq_range, "seq"), static=static,
-                             image=_range(image_range, "image") if image_range else None),
+            dims=_dims(batch_range, seq_range, image_range, static),
             targets=None if to is None else (() if to.strip().lower() == "none" else tuple(to.split(","))),
             export=_export_options(opset, shapes, trt_precision), device=device,
             bench=bench, bench_shapes=tuple((b, s) for b in _int_list(bench_batch or batch, "batch") for s in seqs),
@@ -492,6 +503,10 @@ def export(
     cache_dir: CacheDirOpt = None,
     token: TokenOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
+    batch_range: BatchRangeOpt = None,
+    seq_range: SeqRangeOpt = None,
+    image_range: ImageRangeOpt = None,
+    static: StaticOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -505,7 +520,8 @@ def export(
         from fxbench.reports.terminal import print_export
 
         request = ExportRequest(source=model, targets=tuple(to.split(",")), output=output, options=_export_options(opset, shapes, trt_precision),
-                                force=force, task=task, device=device, load=_load_options(revision, cache_dir, token, trust_remote_code))
+                                force=force, task=task, device=device, load=_load_options(revision, cache_dir, token, trust_remote_code),
+                                dims=_dims(batch_range, seq_range, image_range, static))
         result = run_export(request, events=progress)
     _finish(result, json_out, lambda: print_export(out, result.report, result.artifacts, result.output_dir))
 

@@ -52,15 +52,52 @@ def minilm_dir() -> Path:
 def captured(tiny_dir, minilm_dir):
     """family (or 'minilm') -> CapturedProgram, captured once per session. Tests must not mutate
     `captured.exported`; passes work on `captured.graph_module()`, a fresh copy each call."""
-    cache: dict[str, CapturedProgram] = {}
+    cache = _CAPTURES
 
     def get(family: str) -> CapturedProgram:
         if family not in cache:
             path = minilm_dir if family == "minilm" else tiny_dir(family)
-            cache[family] = capture(load_model(str(path)))
-        return cache[family]
+            program = capture(load_model(str(path)))
+            cache[family] = (program, _fingerprint(program))
+        return cache[family][0]
 
     return get
+
+
+_CAPTURES: dict[str, tuple[CapturedProgram, str]] = {}
+
+
+def _fingerprint(program: CapturedProgram) -> str:
+    """A digest of everything a test could change in place: the program's graphs (its own and its
+    submodules'), its weights, buffers and constants, the sample inputs and the eager reference
+    outputs. Tensors count by identity, storage, dtype, shape and version counter (which every
+    in-place write bumps), so the check costs no hashing of their data."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, module in program.exported.graph_module.named_modules():
+        if isinstance(module, torch.fx.GraphModule):
+            digest.update(f"{name}:{module.graph}".encode())
+    named = [*program.exported.state_dict.items(), *program.exported.constants.items(),
+             *(("input." + k, v) for k, v in program.inputs.tensors.items()),
+             *((f"reference.{i}", t) for i, t in enumerate(program.reference))]
+    for name, value in named:
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{name}:{id(value)}:{value.data_ptr()}:{value._version}:{value.dtype}:{tuple(value.shape)}".encode())
+    return digest.hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def captures_stay_unchanged():
+    """Nothing fxbench does may change the program it was given (a search runs every candidate on
+    the same capture): after each test, every cached capture still has the weights, inputs and
+    reference outputs it was captured with; the test that changed one fails, and the copy is dropped."""
+    yield
+    for family, (program, digest) in list(_CAPTURES.items()):
+        if _fingerprint(program) != digest:
+            del _CAPTURES[family]
+            pytest.fail(f"this test changed the cached capture of {family!r} in place (graph, weights, inputs or reference)",
+                        pytrace=False)
 
 
 ALL_FAMILIES = [*FAMILIES, "minilm"]

@@ -98,6 +98,12 @@ def test_a_constraint_violation_names_the_range_flags_that_fix_it():
     line = str(capture_error(RuntimeError(msg), False, "gpt_neo (GPTNeoForCausalLM)"))
     assert line == ("capture of gpt_neo (GPTNeoForCausalLM) failed: RuntimeError: Constraints violated (seq)!; a dynamic dimension "
                     "cannot span its range: torch.export needs seq = Dim('seq', max=8): try --seq-range 2:8, or --static")
+    # torch.export's advice that follows the fixes after a blank line is not a fix (Cohere2 with a 16-token window).
+    advice = ("\n\nThe error above occurred when calling torch.export.export. If you would like to view some more information "
+              "about this error, and get a list of all other errors that may occur in your export call, you can replace your "
+              "`export()` call with `draft_export()`.")
+    assert str(capture_error(RuntimeError(msg + advice), False, "x")).endswith(
+        "torch.export needs seq = Dim('seq', max=8): try --seq-range 2:8, or --static")
     pinned = str(capture_error(RuntimeError("Constraints violated (seq)!\nSuggested fixes:\n  seq = 16"), False, "x"))
     assert pinned.endswith("torch.export needs seq = 16: try --static --seq 16")
     # GPT-Neo (tiny, 128 positions): no suggested fix, a guard that leaves out the top of the range.

@@ -74,6 +74,13 @@ def test_export_adds_to_an_output_folder_and_refuses_to_overwrite(optimized):
     # report.md and report.html say the same as report.json: they are rewritten with it.
     assert "model.int8-dynamic.onnx" in (out / "report.md").read_text() and "model.int8-dynamic.onnx" in (out / "report.html").read_text()
 
+    # A saved program keeps the shapes it was captured with: capture ranges are refused, before any work.
+    ranged = fxbench("export", str(out), "--to", "onnx-ort", "--seq-range", "4:32")
+    assert ranged.returncode == 2
+    (line,) = _error_lines(ranged.stderr)
+    assert "keeps the shapes it was captured with" in line and "--seq-range" in line
+    assert json.loads((out / "report.json").read_text()) == report
+
     again = fxbench("export", str(out), "--to", "onnx")
     assert again.returncode == 2
     (line,) = _error_lines(again.stderr)
@@ -93,6 +100,20 @@ def test_export_of_a_model_captures_it_and_writes_a_new_folder(tiny_dir, tmp_pat
     assert art["details"]["inputs"]["pixel_values"][0] == "batch"
     assert report["model"]["architecture"] == "ViTForImageClassification" and report["source"]["passes"] is False
     assert [p.name for p in tmp_path.iterdir()] == ["vit"]  # no staging folder left
+
+
+def test_export_of_a_model_takes_the_capture_ranges(tiny_dir, tmp_path):
+    out = tmp_path / "bert"
+    proc = fxbench("export", str(tiny_dir("bert")), "-o", str(out), "--batch-range", "1:8", "--seq-range", "4:32", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["inputs"]["dynamic"]["input_ids"] == {"0": {"name": "batch", "min": 1, "max": 8}, "1": {"name": "seq", "min": 4, "max": 32}}
+    (art,) = report["artifacts"]
+    assert art["details"]["inputs"]["input_ids"] == ["batch", "seq"]
+    assert set(art["parity"]) == {"sample", "batch3_seq32"}  # the unseen shape is checked inside the range
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.ones((5, 24), dtype=np.int64) for i in session.get_inputs()}
+    assert session.run(None, feeds)[0].shape[:2] == (5, 24)
 
 
 @pytest.mark.parametrize("args, message", [

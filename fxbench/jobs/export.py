@@ -132,6 +132,9 @@ def export(request: ExportRequest, events: EventFn = no_events) -> ExportResult:
 
     source_arg = None if isinstance(request.source, LoadedModel) else request.source
     program_path = saved_program(source_arg, "export")
+    if program_path is not None and request.dims != DynamicDims():
+        raise FxbenchError(f"{program_path} keeps the shapes it was captured with; --batch-range/--seq-range/--image-range/--static "
+                           "apply to a model being captured (run `fxbench optimize` again to change them)")
     options = request.options or ExportOptions()
     if request.device is not None:
         folder_device = None

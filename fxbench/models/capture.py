@@ -318,8 +318,10 @@ def _suggested_fixes(text: str) -> str | None:
             name, hi = top.group(1), int(top.group(2))
             return f"torch.export needs {name} != {hi}: try {_RANGE_FLAGS[name]} {1 if name == 'batch' else 2}:{hi - 1}"
         return None
+    # The fixes run to the first blank line; torch.export's advice about draft_export follows it.
+    fixes = [ln.strip() for ln in text.split("Suggested fixes:", 1)[1].strip().split("\n\n", 1)[0].splitlines() if ln.strip()]
     tried: list[str] = []
-    for fix in text.split("Suggested fixes:", 1)[1].strip().splitlines():
+    for fix in fixes:
         fix = fix.strip()
         ranged = re.fullmatch(r"(\w+) = Dim\('\w+'(?:, min=(\d+))?(?:, max=(\d+))?\)", fix)
         pinned = re.fullmatch(r"(\w+) = (\d+)", fix)
@@ -332,7 +334,7 @@ def _suggested_fixes(text: str) -> str | None:
             tried.append(f"--static{' --seq ' + size if name != 'batch' else ' --batch ' + size}")
         elif fix:
             tried.append(f"({fix})")
-    return f"torch.export needs {'; '.join(ln.strip() for ln in text.split('Suggested fixes:', 1)[1].strip().splitlines())}: try {' '.join(tried)}" if tried else None
+    return f"torch.export needs {'; '.join(fixes)}: try {' '.join(tried)}" if tried else None
 
 
 def capture_error(exc: BaseException, static: bool, what: str = "the model") -> CaptureError:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.export import Dim
 
-from fxbench.errors import CaptureError
+from fxbench.errors import CaptureError, one_line
 from fxbench.models.loading import LoadedModel
 from fxbench.models.sentences import SENTENCES
 
@@ -131,9 +131,14 @@ def _vocab_size(config: Any) -> int:
     return int(getattr(_text_config(config), "vocab_size", 0) or 0)
 
 
-def _text_from_tokenizer(tokenizer: Any, batch: int, seq: int, offset: int = 0) -> dict[str, torch.Tensor]:
+def _give_pad_token(tokenizer: Any) -> None:
+    # Decoder tokenizers (GPT-2, Llama) ship without a pad token; padding a fixed batch needs one.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+
+def _text_from_tokenizer(tokenizer: Any, batch: int, seq: int, offset: int = 0) -> dict[str, torch.Tensor]:
+    _give_pad_token(tokenizer)
     texts = [SENTENCES[(i + offset) % len(SENTENCES)] for i in range(batch)]
     enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
     return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
@@ -309,21 +314,73 @@ def _from_examples(loaded: LoadedModel, batch: int, seq: int) -> SampleInputs | 
     return SampleInputs({k: v[rows] for k, v in ex.items()}, "example inputs", batch, None)
 
 
-def _vlm_text(loaded: LoadedModel, pre: Any, batch: int, seq: int, size: tuple[int, int], gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
-    """Token ids with one image's placeholder tokens after the first token, then text."""
+def _vlm_from_processor(loaded: LoadedModel, pre: Any, batch: int, seq: int, size: tuple[int, int], token: int, count: int) -> dict[str, torch.Tensor] | None:
+    """Token ids and pixels made by a vision-language processor (LlavaProcessor, AyaVisionProcessor),
+    None when `pre` is not one: each text is the processor's image placeholder and then real sentences,
+    which the processor expands to the image's tokens (and the markers around them); the ids are then
+    cut to `seq` (the processor's own truncation refuses to cut a text it expanded). The synthetic images
+    are normalized at `size`. The processor and the model must agree on the image token and on how many
+    tokens one image makes, or the sample would not be what users feed."""
+    placeholder, tok = getattr(pre, "image_token", None), _tokenizer_of(pre)
+    if not isinstance(placeholder, str) or tok is None or getattr(pre, "image_processor", None) is None:
+        return None
+    # Each text has more tokens than `seq` (a token is rarely over 16 characters) and is made on its own,
+    # so that no row is padded.
+    rounds = -(-16 * seq // len(" ".join(SENTENCES)))
+    images = _synthetic_images(batch, *size)
+    rows = []
+    for i in range(batch):
+        text = " ".join([placeholder, *(SENTENCES[(i + j) % len(SENTENCES)] for j in range(rounds * len(SENTENCES)))])
+        try:
+            rows.append(pre(images=[images[i]], text=[text], do_resize=False, do_center_crop=False, return_tensors="pt"))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CaptureError(f"the model's processor ({type(pre).__name__}) cannot make a sample at image {size[0]}x{size[1]}: {one_line(exc, 200)}") from exc
+    name, kind = type(loaded.model).__name__, type(pre).__name__
+    if getattr(pre, "image_token_id", token) != token:
+        raise CaptureError(f"the processor's image token id {pre.image_token_id} is not {name}'s image_token_id {token}; the folder's processor belongs to another model")
+    made = sorted({int((row["input_ids"] == token).sum()) for row in rows})
+    if made != [count]:
+        raise CaptureError(f"the processor ({kind}) expands one image to {'/'.join(map(str, made))} tokens but {name} makes "
+                           f"{count} image features at {size[0]}x{size[1]}; its patch_size / num_additional_image_tokens do not fit the model")
+    if min(row["input_ids"].shape[1] for row in rows) < seq:
+        raise CaptureError(f"the model's processor ({kind}) made fewer than --seq {seq} tokens of text; use a smaller --seq")
+    held = max(int((row["input_ids"][0] == token).nonzero().max()) + 1 for row in rows)  # up to the last image token
+    if seq < held + 1:
+        raise CaptureError(f"sequence length {seq} cannot hold the {held} tokens {kind} opens a text with for one image; use --seq {held + 8} or more")
+    out = {k: torch.cat([row[k][:, :seq] if k in _TEXT_INPUTS else row[k] for row in rows])
+           for k, v in rows[0].items() if isinstance(v, torch.Tensor)}
+    pixels = out["pixel_values"]
+    if pixels.shape[0] != batch or tuple(pixels.shape[-2:]) != tuple(size):
+        raise CaptureError(f"the processor ({kind}) made pixel_values {list(pixels.shape)} for {batch} images of {size[0]}x{size[1]}; "
+                           "fxbench needs one image per row at the model's size")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in out.items()}
+
+
+def _vlm_inputs(loaded: LoadedModel, pre: Any, batch: int, seq: int, size: tuple[int, int], gen: torch.Generator) -> tuple[dict[str, torch.Tensor], str]:
+    """A vision-language model's token ids, attention mask and pixels: from its processor where the
+    folder has one (`_vlm_from_processor`), else one image's placeholder tokens after the first token
+    of the tokenizer's (or the config's) ids, with the image processor's (or random) pixels."""
     token = _image_token_id(loaded.config)
     if token is None:
         raise CaptureError(f"{type(loaded.model).__name__}'s config names no image token id; pass --task feature-extraction")
     count = image_token_count(loaded, size)
     if seq < count + 2:
         raise CaptureError(f"sequence length {seq} cannot hold the {count} image tokens of one image; use --seq {count + 8} or more")
+    limit = max_positions(loaded.config)
+    if limit is not None and seq > limit:
+        raise CaptureError(f"sequence length {seq} exceeds the model's {limit} positions; use a smaller --seq")
+    made = _vlm_from_processor(loaded, pre, batch, seq, size, token, count)
+    if made is not None:
+        return made, "processor"
+    pixels, from_images = _images(loaded, pre, batch, size, gen)
     tensors, origin = _text(loaded, pre, batch, seq, gen)
     ids = tensors["input_ids"].clone()
     ids[ids == token] = 0 if token else 1  # a sentence's own tokens must not read as image placeholders
     ids[:, 1:1 + count] = token
     tensors["input_ids"] = ids
     tensors["attention_mask"] = torch.ones_like(ids)
-    return tensors, origin
+    tensors.update(pixels)
+    return tensors, "processor" if from_images and origin == "tokenizer" else origin
 
 
 # --- time series --------------------------------------------------------------------------------
@@ -400,13 +457,13 @@ def make_inputs(
             seq_out = None
     elif loaded.modality == "multimodal":
         size_out = image or image_size_of(config, pre)
-        pixels, made = _images(loaded, pre, batch, size_out, gen)
         if loaded.task == "image-text-to-text":
-            tensors, origin = _vlm_text(loaded, pre, batch, seq, size_out, gen)
+            tensors, origin = _vlm_inputs(loaded, pre, batch, seq, size_out, gen)
         else:  # a dual encoder: texts and images are two batches
+            pixels, made = _images(loaded, pre, batch, size_out, gen)
             tensors, origin = _text(loaded, pre, batch + 1, seq, gen)
-        tensors.update(pixels)
-        origin = "processor" if made and origin == "tokenizer" else origin
+            tensors.update(pixels)
+            origin = "processor" if made and origin == "tokenizer" else origin
     elif loaded.modality == "time-series":
         seq_out = None
         tensors = _time_series(loaded, batch, gen, accepted)
