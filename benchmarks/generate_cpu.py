@@ -4,7 +4,8 @@ static cache against fxbench's with-past artifacts (the program, ONNX, ORT-fused
 int8 and int4 weight-only) and ONNX Runtime's own int4 quantizer, all in one run of interleaved
 rounds; then the issue's targets, judged on those numbers.
 
-    python benchmarks/generate_cpu.py [--quick] [--work DIR] [--rounds 5] [--new-tokens 64] [--aoti fp32|all|none] [--note TEXT]
+    python benchmarks/generate_cpu.py [--quick] [--work DIR] [--lean] [--rounds 5] [--new-tokens 64] [--group-size 32,128]
+                                       [--aoti fp32|all|none] [--note TEXT]
 
 Results: benchmarks/results/generate_cpu.json (+ .md), with the environment and the command; while
 the rounds run, generate_cpu.partial.json holds the rounds done so far (a stopped run leaves it).
