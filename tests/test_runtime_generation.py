@@ -42,8 +42,9 @@ def test_measure_generation_interleaves_rounds_and_checks_every_backend_against_
     cap = captured_decoder("llama")
     settings = GenerationSettings(batches=(1, 2), prompt_lengths=(6,), new_tokens=5, rounds=2, warmup=1)
     seen: list[tuple[str, str]] = []
+    partials = []
     result = measure_generation(GenerationSubject.from_capture(cap), ["generate", Backend("eager"), Backend("program", precision="int4")],
-                                settings, model={"name": "tiny"}, events=lambda s, st, d: seen.append((s, st)))
+                                settings, model={"name": "tiny"}, events=lambda s, st, d: seen.append((s, st)), on_round=partials.append)
     assert [r.label for r in result.backends] == ["generate", "eager", "program"] and all(r.status == "ok" for r in result.backends)
     assert [s.label for s in result.shapes] == ["b1 p6", "b2 p6"]
     for shape in result.shapes:
@@ -63,6 +64,15 @@ def test_measure_generation_interleaves_rounds_and_checks_every_backend_against_
     data = result.to_dict()
     assert data["speedups"]["eager"]["b1 p6"] > 0 and data["settings"]["rounds"] == 2
     assert ("eager b2 p6", "done") in seen
+    # Progress per round, and after each round the result so far: what a stopped run leaves.
+    assert [s for s, st in seen if s.startswith("round ")] == ["round 1/2 b1 p6", "round 2/2 b1 p6", "round 1/2 b2 p6", "round 2/2 b2 p6"]
+    assert [p.settings.get("partial") for p in partials] == [
+        {"shape": "b1 p6", "rounds_done": 1, "rounds": 2}, {"shape": "b1 p6", "rounds_done": 2, "rounds": 2},
+        {"shape": "b2 p6", "rounds_done": 1, "rounds": 2}, None]
+    first = partials[0].measurement("eager", result.shapes[0])
+    assert first.status == "ok" and first.ttft.count == 1 and first.tpot.count == 4
+    assert partials[0].measurement("eager", result.shapes[1]) is None
+    assert partials[-1].to_dict()["measurements"] == data["measurements"] and "partial" not in data["settings"]
 
     # The budget's pick: among the named backends, the fastest whose parity holds.
     best = best_generation(result, among=["eager", "program"])

@@ -3,6 +3,8 @@ DequantizeLinear and a MatMul (opset 21), which ONNX Runtime fuses into MatMulNB
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,16 +66,50 @@ def int4_translations() -> dict[Callable[..., Any], Callable[..., Any]]:
     return {aten._weight_int4pack_mm_for_cpu.default: _int4_mm}
 
 
+def _nibbles(packed: torch.Tensor) -> np.ndarray:
+    flat = packed.contiguous().numpy().reshape(-1)
+    return np.stack([flat & 15, flat >> 4], axis=-1).reshape(-1)
+
+
+@functools.lru_cache(maxsize=8)  # a decoder repeats a handful of shapes over its layers
+def _nibble_order(n: int, k: int) -> np.ndarray | None:
+    """Where the CPU packing puts each weight: order[i] is the flat [N, K] index of packed nibble i.
+
+    The layout is the kernel's own (blocked per ISA), so it is read off the packing itself: packing
+    weights whose values are their index's 4-bit digits, digit by digit, and reading each nibble
+    back spells the index that landed there. None if the packing is not a plain rearrangement."""
+    index = np.arange(n * k, dtype=np.int64)
+    order = np.zeros(n * k, dtype=np.int64)
+    for digit in range(max(1, math.ceil(math.log2(max(n * k, 2)) / 4))):
+        probe = torch.from_numpy(((index >> (4 * digit)) & 15).astype(np.int32).reshape(n, k))
+        nib = _nibbles(torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1))
+        if nib.size != n * k:
+            return None
+        order |= nib.astype(np.int64) << (4 * digit)
+    if not np.array_equal(np.sort(order), index):
+        return None
+    order = order.astype(np.int32 if n * k < 2**31 else np.int64)
+    order.flags.writeable = False
+    return order
+
+
 def unpack_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """q ([K, N], 0..15), scales and integer zero points ([K / g, N]) from the kernel's operands.
 
-    The packed layout is the CPU kernel's own (blocked per ISA), so the kernel itself unpacks it:
-    the identity times the weight at scale 1 and zero 0 is q - 8, exactly (small integers)."""
+    The nibbles are put back in [N, K] order by the packing's own arrangement (`_nibble_order`);
+    should the packing ever not be a rearrangement, the kernel itself unpacks: the identity times
+    the weight at scale 1 and zero 0 is q - 8, exactly (small integers), at K times the cost."""
     n, k = packed.shape[0], packed.shape[1] * 2
-    unit = torch.stack([torch.ones(k // group_size, n), torch.zeros(k // group_size, n)], dim=-1)
-    with torch.no_grad():
-        shifted = aten._weight_int4pack_mm_for_cpu(torch.eye(k), packed, group_size, unit)  # [K, N]
-    q = (shifted + 8).round().clamp(0, 15).to(torch.uint8).numpy()
+    order = _nibble_order(n, k)
+    if order is not None:
+        q_nk = np.empty(n * k, dtype=np.uint8)
+        q_nk[order] = _nibbles(packed)
+        q = np.ascontiguousarray(q_nk.reshape(n, k).T)
+    else:
+        unit = torch.stack([torch.ones(k // group_size, n), torch.zeros(k // group_size, n)], dim=-1)
+        with torch.no_grad():
+            shifted = aten._weight_int4pack_mm_for_cpu(torch.eye(k), packed, group_size, unit)  # [K, N]
+        q = (shifted + 8).round().clamp(0, 15).to(torch.uint8).numpy()
     scale = scales_and_zeros[..., 0].float()
     zero = (8.0 - scales_and_zeros[..., 1].float() / scale).round().clamp(0, 15).to(torch.uint8).numpy()
     return q, scale.numpy().astype(np.float32), zero

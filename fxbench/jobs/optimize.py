@@ -26,7 +26,7 @@ from fxbench.jobs.search import SCREEN_MEASURE, SCREEN_WARMUP, Candidate, candid
 from fxbench.jobs.search import relabel
 from fxbench.models import (CapturedProgram, DynamicDims, GraphFault, LoadedModel, LoadOptions, ReexportError, export_graph_module,
                             failing_node, run_module)
-from fxbench.numerics import Parity, compare
+from fxbench.numerics import Parity, Tolerance, compare
 from fxbench.passes import FxbenchPass, PipelineResult, build_passes, op_histogram, run_pipeline
 from fxbench.passes.pipelines import PIPELINES, effective_pipeline, search_space
 from fxbench.reports.files import write_optimize_reports
@@ -77,6 +77,9 @@ class OptimizeRequest:
     threads: int | None = None
     min_cosine: float = 0.99  # the accuracy budget the best artifact must meet (worst output vs eager fp32)
     max_abs_error: float = math.inf
+    # What the passes and the artifacts are held to against eager: None, each precision's own
+    # (numerics.Tolerance.for_precision); a Tolerance here is the floor (the looser of the two holds).
+    tolerance: Tolerance | None = None
     # Try the presets that fit the device and keep the fastest within the budget. None: on a CPU
     # when neither a pipeline nor passes are named and the benchmark runs (the plain `fxbench
     # optimize MODEL` ends with its fastest artifact: int8 there), else not.
@@ -162,6 +165,7 @@ def _run_passes(captured: CapturedProgram, passes: list[FxbenchPass], request: O
         result = run_pipeline(
             captured.graph_module(), passes, inputs=dict(captured.inputs.tensors), reference=captured.reference,
             output_names=captured.output_names, context=pass_context(captured), strict=request.strict, progress=on_pass,
+            tolerance=request.tolerance,
         )
         applied = sum(r.status == "applied" for r in result.records)
         d["detail"] = f"{applied}/{len(result.records)} applied, {result.parity.brief()}"

@@ -15,8 +15,9 @@ from fxbench.passes.registry import register_pass
 __all__ = ["GROUP_SIZES", "QuantizeInt4WeightOnly", "QuantizeInt4WeightOnlyOptions", "quantize_int4"]
 
 aten = torch.ops.aten
-# What ONNX Runtime's MatMulNBits takes (a power of two >= 16) and PyTorch's kernel packs (K / group whole).
-GROUP_SIZES = (16, 32, 64, 128, 256)
+# What both run: ONNX Runtime's MatMulNBits takes a power of two >= 16, PyTorch's CPU int4 kernel
+# only 32, 64, 128 or 256 (it raises on 16); K must hold whole groups.
+GROUP_SIZES = (32, 64, 128, 256)
 # PyTorch's CPU int4 packing takes output channels in tiles of 16 (an LM head over a vocabulary of
 # 1000 does not fit; it stays float).
 _N_MULTIPLE = 16

@@ -695,11 +695,14 @@ def measure_generation(
     source: Mapping[str, Any] | None = None,
     events: EventFn = no_events,
     command: Sequence[str] | None = None,
+    on_round: Callable[[GenerationResult], None] | None = None,
 ) -> GenerationResult:
     """Generate with every entry (a baseline name of BASELINES, or a loop Backend: eager, program,
     aoti, ort on an artifact) at every shape: all loaded at once; per shape eager generate() makes
     the reference tokens and logits, each backend generates once untimed, `warmup` more times and
-    once teacher forced (parity), then `rounds` rounds time one generation of each in turn."""
+    once teacher forced (parity), then `rounds` rounds time one generation of each in turn.
+    After every round `on_round` gets the result so far (the shapes done, the current one's rounds
+    up to now; settings["partial"] says how far): a run stopped later still leaves those numbers."""
     check_generation_labels(entries)
     started = time.perf_counter()
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -711,6 +714,20 @@ def measure_generation(
     loaded: list[tuple[str, _Generator, str]] = []
     measurements: list[GenerationMeasurement] = []
     reference = _HFGenerate(REFERENCE, subject.loaded.model, static=False)
+
+    def result(done: Sequence[GenerationMeasurement], partial: dict[str, Any] | None) -> GenerationResult:
+        order = {r.label: i for i, r in enumerate(records)}
+        ordered = sorted(done, key=lambda m: (order.get(m.backend, 0), settings.shapes.index(m.shape)))
+        timing = "interleaved rounds: one generation of each backend in turn per round; gc disabled while timing"
+        return GenerationResult(
+            model=dict(model), device="cpu", threads=threads,
+            reference="eager model.generate() (DynamicCache, fp32), greedy, same prompts",
+            shapes=settings.shapes, backends=tuple(records), measurements=tuple(ordered),
+            settings={**asdict(settings), "timing": timing, **({"partial": partial} if partial else {})},
+            environment=collect_environment(list(command) if command is not None else list(sys.argv)),
+            created=created, seconds=time.perf_counter() - started, source=dict(source or {}),
+        )
+
     try:
         for entry in entries:
             record, gen, precision = _load(entry, subject, settings.threads, events)
@@ -728,31 +745,31 @@ def measure_generation(
                     _prepare(run, ids, mask, new, ref, settings.warmup)
                 except Exception as exc:  # noqa: BLE001 - one backend failing at one shape is a result
                     run.error = _one_line(exc)
-            for _ in range(settings.rounds):
+            for i in range(settings.rounds):
+                t = time.perf_counter()
                 for run in runs.values():
                     if run.error is None:
                         try:
                             _timed(run, ids, mask, new)
                         except Exception as exc:  # noqa: BLE001
                             run.error = _one_line(exc)
+                events(f"round {i + 1}/{settings.rounds} {shape.label}", "done", f"{time.perf_counter() - t:.1f} s")
+                if on_round is not None and i + 1 < settings.rounds:
+                    so_far = [_finish(label, shape, new, run) for label, run in runs.items()]
+                    on_round(result([*measurements, *so_far], {"shape": shape.label, "rounds_done": i + 1, "rounds": settings.rounds}))
             for label, run in runs.items():
                 m = _finish(label, shape, new, run)
                 measurements.append(m)
                 _report(events, f"{label} {shape.label}", m)
-        environment = collect_environment(list(command) if command is not None else list(sys.argv))
+            if on_round is not None:
+                on_round(result(measurements, None if shape == settings.shapes[-1] else
+                                {"shape": shape.label, "rounds_done": settings.rounds, "rounds": settings.rounds}))
+        final = result(measurements, None)
     finally:
         for _, gen, _ in loaded:
             gen.close()
         torch.set_num_threads(previous)
-    order = {r.label: i for i, r in enumerate(records)}
-    measurements.sort(key=lambda m: (order.get(m.backend, 0), settings.shapes.index(m.shape)))
-    return GenerationResult(
-        model=dict(model), device="cpu", threads=threads,
-        reference="eager model.generate() (DynamicCache, fp32), greedy, same prompts",
-        shapes=settings.shapes, backends=tuple(records), measurements=tuple(measurements),
-        settings={**asdict(settings), "timing": "interleaved rounds: one generation of each backend in turn per round; gc disabled while timing"},
-        environment=environment, created=created, seconds=time.perf_counter() - started, source=dict(source or {}),
-    )
+    return final
 
 
 def _report(events: EventFn, step: str, m: GenerationMeasurement) -> None:
