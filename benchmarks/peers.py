@@ -39,6 +39,23 @@ Step = Callable[[], object]
 Fetch = Callable[[], dict[str, torch.Tensor]]
 
 
+def _step_fetch(run: Callable[[], Any], outputs: Callable[[Any], dict[str, torch.Tensor]]) -> tuple[Step, Fetch]:
+    """`step` runs the peer once (what is timed); `fetch` gives the last run's outputs as float32
+    tensors (running it once first if it never ran)."""
+    last: list[Any] = [None]
+
+    def step() -> object:
+        last[0] = run()
+        return last[0]
+
+    def fetch() -> dict[str, torch.Tensor]:
+        if last[0] is None:
+            step()
+        return outputs(last[0])
+
+    return step, fetch
+
+
 class PeerUnavailable(RuntimeError):
     """A peer cannot be built here (its package is missing, or it does not take this model); the
     message is one line, fit to print as the skip reason."""
@@ -175,18 +192,8 @@ def ort_recipe(
         ids = input_ids.numpy().astype(np.int64)
         feeds = {"input_ids": ids, "attention_mask": attention_mask.numpy().astype(np.int64), "token_type_ids": np.zeros_like(ids)}
         feeds = {k: v for k, v in feeds.items() if k in wanted}
-        last: list[Any] = [None]
-
-        def step() -> object:
-            last[0] = session.run(outputs, feeds)
-            return last[0]
-
-        def fetch() -> dict[str, torch.Tensor]:
-            if last[0] is None:
-                step()
-            return {name: torch.from_numpy(np.asarray(v, dtype=np.float32)) for name, v in zip(outputs, last[0])}
-
-        return step, fetch
+        return _step_fetch(lambda: session.run(outputs, feeds),
+                           lambda got: {name: torch.from_numpy(np.asarray(v, dtype=np.float32)) for name, v in zip(outputs, got)})
 
     return Peer(
         name=f"ORT optimize_model O{opt_level} + quantize_dynamic ({'per-channel' if per_channel else 'per-tensor'})",
@@ -247,21 +254,14 @@ def ctranslate2_int8(model_dir: Path, work: Path, *, threads: int = 2, compute_t
         # CTranslate2 masks by lengths (right padding), which is what an attention mask of leading ones says.
         ids = ctranslate2.StorageView.from_array(np.ascontiguousarray(input_ids.numpy().astype(np.int32)))
         lengths = ctranslate2.StorageView.from_array(np.ascontiguousarray(attention_mask.numpy().sum(1).astype(np.int32)))
-        last: list[Any] = [None]
 
-        def step() -> object:
-            last[0] = encoder.forward_batch(ids, lengths)
-            return last[0]
-
-        def fetch() -> dict[str, torch.Tensor]:
-            if last[0] is None:
-                step()
-            out = {"last_hidden_state": torch.from_numpy(np.array(last[0].last_hidden_state, dtype=np.float32))}
-            if last[0].pooler_output is not None:
-                out["pooler_output"] = torch.from_numpy(np.array(last[0].pooler_output, dtype=np.float32))
+        def outputs(got: Any) -> dict[str, torch.Tensor]:
+            out = {"last_hidden_state": torch.from_numpy(np.array(got.last_hidden_state, dtype=np.float32))}
+            if got.pooler_output is not None:
+                out["pooler_output"] = torch.from_numpy(np.array(got.pooler_output, dtype=np.float32))
             return out
 
-        return step, fetch
+        return _step_fetch(lambda: encoder.forward_batch(ids, lengths), outputs)
 
     files = tuple(sorted(p for p in out.iterdir() if p.is_file()))
     return Peer(

@@ -30,6 +30,7 @@ from fxbench.numerics import Tolerance
 from fxbench.runtime.backends import Backend
 from fxbench.runtime.bench import BackendRecord
 from fxbench.runtime.harness import LatencyStats, MemoryRecord, peak_memory
+from fxbench.runtime.sessions.onnxruntime import session_options
 
 __all__ = [
     "BASELINES",
@@ -132,13 +133,7 @@ class OrtStep(DecodeStep):
 
         super().__init__(layout, token_names)
         self._ort = ort
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [onnx_name(n) for n in layout.past_names()]
         missing = [n for n in (*self.token_names, *self.past_names) if n not in inputs]

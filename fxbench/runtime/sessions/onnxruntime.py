@@ -16,7 +16,7 @@ from fxbench.models.decoder import onnx_name
 from fxbench.errors import BackendUnavailableError
 from fxbench.runtime.sessions.base import Bound, Session, SessionOptions, flat_float32, require_device, require_file
 
-__all__ = ["OrtSession"]
+__all__ = ["NO_SPIN_ENV", "OrtSession", "session_options", "spinning"]
 
 # ONNX type strings -> (torch dtype, numpy dtype)
 _ORT_TYPES: dict[str, tuple[torch.dtype, type]] = {
@@ -40,6 +40,29 @@ def _types(type_str: str, name: str) -> tuple[torch.dtype, type]:
 
 
 NO_SPIN_ENV = "FXBENCH_ORT_NO_SPIN"  # "1": ORT sessions' intra-op threads do not spin (benchmarks' --no-spin)
+
+
+def spinning() -> bool:
+    """Whether fxbench's ORT sessions let their intra-op threads spin-wait (ORT's default)."""
+    return os.environ.get(NO_SPIN_ENV) != "1"
+
+
+def session_options(threads: int | None) -> "onnxruntime.SessionOptions":
+    """The options of every ONNX Runtime session fxbench times: `threads` intra-op threads (None:
+    ORT's default), sequential execution, warnings off. Without spinning (NO_SPIN_ENV), a
+    measurement aid for oversubscribed hosts (more runnable threads than cores), where ORT's
+    spin-waiting pool loses several times its speed; the artifacts are untouched."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # ORT warns about every node it leaves on the CPU; errors still raise
+    if not spinning():
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
 
 
 class OrtSession(Session):
@@ -68,17 +91,8 @@ class OrtSession(Session):
             raise BackendUnavailableError(f"onnxruntime {ort.__version__} has no {wanted} ({hint})")
         path = require_file(options.artifact, self.backend)
 
-        so = ort.SessionOptions()
-        if options.threads:
-            so.intra_op_num_threads = int(options.threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3  # ORT warns about every node it leaves on the CPU; errors still raise
-        if os.environ.get(NO_SPIN_ENV) == "1":
-            # A measurement aid for oversubscribed hosts (more runnable threads than cores), where
-            # ORT's spin-waiting pool loses several times its speed; the artifacts are untouched.
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.spinning = os.environ.get(NO_SPIN_ENV) != "1"
+        so = session_options(options.threads)
+        self.spinning = spinning()
         self.threads = so.intra_op_num_threads
         providers: list[object] = []
         if self.device == "cuda":
