@@ -32,7 +32,7 @@ from fxbench.task_names import task_help
 
 # ----- choices known without importing torch (tests/test_cli_conventions.py checks each against its source)
 
-PIPELINE_NAMES = ("O1", "O2", "O3", "bf16", "int8-cpu", "int8-cpu-static", "int8-gpu", "fp8", "none")
+PIPELINE_NAMES = ("O1", "O2", "O3", "bf16", "int8-cpu", "bf16-cpu", "int8-cpu-static", "int8-gpu", "fp8", "none")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 ATTN_NAMES = ("eager", "sdpa")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")

@@ -12,6 +12,7 @@ from browser import CHROMIUM, layout_width
 from fxbench.errors import FxbenchError
 from fxbench.runtime.harness import Measure, Warmup
 from fxbench.jobs import OptimizeRequest, optimize, optimize_captured
+from fxbench.passes import search_space
 
 # Short timing: these tests prove the plumbing, the benchmarks measure.
 QUICK = dict(warmup=Warmup(iters=2, seconds=0.0, window=2, max_seconds=5.0), measure=Measure(iters=5), bench_shapes=((1, 32),))
@@ -28,27 +29,31 @@ def full_run(tiny_dir, tmp_path_factory):
 def test_default_run_searches_the_cpu_presets_makes_their_artifacts_and_times_each(full_run):
     result, out, events = full_run
     report = json.loads((out / "report.json").read_text())
-    # On a CPU, the plain run tries O2 and int8-cpu and keeps the faster; int8-cpu makes only ONNX
-    # Runtime's artifacts (its int8 kernels are the point of it). The search makes no AOTInductor
-    # package (minutes of compiling, slower than ONNX Runtime on a CPU) and says so.
-    assert report["device"] == "cpu" and [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
+    # On a CPU, the plain run tries O2 and int8-cpu (and bf16-cpu where the CPU multiplies bf16 in
+    # hardware) and keeps the fastest; int8-cpu makes only ONNX Runtime's artifacts (its int8 kernels
+    # are the point of it), bf16-cpu only its AOTInductor package. The search makes no AOTInductor
+    # package for the others (minutes of compiling, slower than ONNX Runtime on a CPU) and says so.
+    space = search_space("cpu")
+    assert report["device"] == "cpu" and [c["pipeline"] for c in report["search"]] == list(space)
     made = {c["pipeline"]: c["artifacts"] for c in report["search"]}
-    assert made == {"O2": ["model.pt2", "model.onnx", "model.ort.onnx"], "int8-cpu": ["model.pt2", "model.onnx", "model.ort.onnx"]}
-    assert [c["left_out"] for c in report["search"]] == [["aoti"], []]
+    expected = {"O2": ["model.pt2", "model.onnx", "model.ort.onnx"], "int8-cpu": ["model.pt2", "model.onnx", "model.ort.onnx"],
+                "bf16-cpu": ["model.pt2", "model.aoti.pt2"]}
+    assert made == {p: expected[p] for p in space}
+    assert [c["left_out"] for c in report["search"]] == [["aoti"], [], []][:len(space)]
     winner = report["pipeline"]["name"]
     files = made[winner]
     assert [a["file"] for a in report["artifacts"]] == files
     assert sorted(p.name for p in out.iterdir()) == sorted([*files, "report.json", "report.md", "report.html"])
-    runner = {"model.pt2": "program", "model.onnx": "ort", "model.ort.onnx": "ort"}
+    runner = {"model.pt2": "program", "model.onnx": "ort", "model.ort.onnx": "ort", "model.aoti.pt2": "aoti"}
     # A short interleaved screen of every candidate's artifacts (eager is timed once, after it) ...
     screen = report["screen"]
     screened = [b["label"] for b in screen["backends"]]
-    assert screened == [f"{runner[f]}@{c}/{f}" for c in ("O2", "int8-cpu") for f in made[c]]
+    assert screened == [f"{runner[f]}@{c}/{f}" for c in space for f in made[c]]
     assert {m["backend"] for m in screen["measurements"]} == set(screened)
     # ... then the full benchmark of each candidate's fastest within budget, beside one eager baseline.
     bench = report["benchmark"]
     labels = [b["label"] for b in bench["backends"]]
-    assert labels == ["eager", *(c["best"]["backend"] for c in report["search"])] and len(labels) == 3
+    assert labels == ["eager", *(c["best"]["backend"] for c in report["search"])] and len(labels) == 1 + len(space)
     assert screen["settings"]["measure"]["rounds"] == 2 and bench["settings"]["measure"]["iters"] == 5  # QUICK's, not the screen's
     for result_ in (screen, bench):
         assert all(b["status"] == "ok" for b in result_["backends"]), result_["backends"]
@@ -104,13 +109,16 @@ def test_search_tries_the_cpu_presets_and_keeps_the_winner(captured, tmp_path):
     # --no-screen: the full benchmark times every candidate's artifacts.
     result = optimize_captured(captured("bert"), OptimizeRequest(output=out, targets=("onnx-ort",), search=True, screen=False, **QUICK))
     report = result.report_json
-    assert [c["pipeline"] for c in report["search"]] == ["O2", "int8-cpu"]
+    # Named targets: each candidate makes those of them its preset is for (bf16-cpu, whose artifact
+    # is an AOTInductor package, only its program here).
+    assert [c["pipeline"] for c in report["search"]] == list(search_space("cpu"))
     assert all(c["status"] == "ok" and c["best"] is not None and c["left_out"] == [] for c in report["search"])
+    assert all(c["artifacts"] == ["model.pt2"] for c in report["search"] if c["pipeline"] == "bf16-cpu")
     assert "screen" not in report and "search" not in report["seconds"] and "screen" not in report["seconds"]
     # One benchmark of every candidate's artifacts beside one eager baseline, each labelled with its pipeline.
     labels = [b["label"] for b in report["benchmark"]["backends"]]
     assert labels.count("eager") == 1 and {"ort@O2/model.ort.onnx", "ort@int8-cpu/model.ort.onnx"} <= set(labels)
-    assert {c["best"]["backend"].split("@")[1].split("/")[0] for c in report["search"]} == {"O2", "int8-cpu"}
+    assert {c["best"]["backend"].split("@")[1].split("/")[0] for c in report["search"]} == set(search_space("cpu"))
     # The winner owns the best artifact of all: the fastest, or (within the noise of it) the more precise.
     best = report["best"]
     assert report["pipeline"]["name"] == best["backend"].split("@")[1].split("/")[0]

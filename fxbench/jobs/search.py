@@ -31,8 +31,9 @@ __all__ = ["SCREEN_MEASURE", "SCREEN_WARMUP", "Candidate", "candidate_folder", "
 SCREEN_WARMUP = Warmup(iters=1, seconds=0.1, window=2, max_seconds=10.0)
 SCREEN_MEASURE = Measure(seconds=0.5, min_iters=2, rounds=2)
 
-# Export targets a search does not make unless --to names them, by device: on a CPU, AOTInductor's
-# compile takes minutes per candidate, and its package runs slower than ONNX Runtime's artifacts.
+# Export targets a search does not make unless --to names them or the preset is for them, by device:
+# on a CPU, AOTInductor's compile takes minutes per fp32 or int8 candidate, and those packages run
+# slower than ONNX Runtime's artifacts (bf16-cpu's package is the exception, and its preset names it).
 _LEFT_OUT = {"cpu": ("aoti",)}
 
 
@@ -72,9 +73,10 @@ class Candidate:
         )
 
 
-def left_out(targets: tuple[str, ...], device: str) -> tuple[str, ...]:
-    """Those of `targets` a search on `device` does not make unless they are named."""
-    return tuple(t for t in targets if t in _LEFT_OUT.get(device, ()))
+def left_out(targets: tuple[str, ...], device: str, own: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Those of `targets` a search on `device` does not make unless they are named, or are among
+    `own`, the targets the candidate's preset is for."""
+    return tuple(t for t in targets if t in _LEFT_OUT.get(device, ()) and t not in own)
 
 
 def candidate_folder(staging: Path, pipeline: str | None) -> Path:

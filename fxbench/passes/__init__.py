@@ -12,7 +12,7 @@ from fxbench.passes.base import (
     replace_outputs,
     set_output_names,
 )
-from fxbench.passes.pipelines import PIPELINES, Pipeline, build_passes
+from fxbench.passes.pipelines import PIPELINES, Pipeline, build_passes, native_bf16_cpu, search_space
 from fxbench.passes.registry import (
     ENTRY_POINT_GROUP,
     available_passes,
@@ -38,6 +38,7 @@ __all__ = [
     "build_passes",
     "create_pass",
     "get_pass",
+    "native_bf16_cpu",
     "module_path",
     "op_histogram",
     "option_help",
@@ -46,6 +47,7 @@ __all__ = [
     "register_pass",
     "replace_outputs",
     "run_pipeline",
+    "search_space",
     "set_meta",
     "set_output_names",
 ]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import torch
 
 from fxbench.errors import PassOptionError
 from fxbench.passes.base import FxbenchPass
 from fxbench.passes.registry import create_pass, get_pass, parse_pass_spec
 
-__all__ = ["CLEANUP", "DEFAULT_PIPELINE", "PIPELINES", "Pipeline", "build_passes", "effective_pipeline", "search_space"]
+__all__ = ["CLEANUP", "DEFAULT_PIPELINE", "PIPELINES", "Pipeline", "build_passes", "effective_pipeline", "native_bf16_cpu", "search_space"]
 
 # Passes that tidy up: no-op removal leads every preset (patterns then see clean graphs), common
 # subexpressions and dead code close it (sweeping what the passes before left behind).
@@ -26,6 +28,18 @@ class Pipeline:
     device: str = "any"  # "any", "cpu" or "cuda": where its artifacts are meant to run
     # The export targets worth making when none are named (empty: all that fit the device).
     targets: tuple[str, ...] = ()
+    # What the machine must have for the search to try it (None: any machine of its device).
+    fits: Callable[[], bool] | None = None
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX-512 BF16), as oneDNN's bf16
+    GEMMs need to beat fp32: elsewhere bf16 is emulated and slower than fp32."""
+    cpu = torch.cpu
+    try:
+        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch without the probes: do not guess
+        return False
 
 
 # Order matters, and is the same in every preset:
@@ -59,6 +73,12 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in (
              # Its speed is ORT's integer kernels; in AOTInductor the run-time Q/DQ stay elementwise
              # code (slower than fp32) and the compile costs minutes: not made unless asked for.
              targets=("onnx", "onnx-ort")),
+    # On CPUs with AMX or AVX-512 BF16, oneDNN's bf16 GEMMs in an AOTInductor package beat ORT's
+    # int8 kernels at fp32-like accuracy (MiniLM: benchmarks/cpu_minilm.py). ORT's CPU provider has
+    # no bf16 kernels, so the package is its artifact.
+    Pipeline("bf16-cpu", "O2 + q/k/v merged + bf16 matmuls (norms, softmax, reductions kept fp32), as an AOTInductor package "
+                         "for CPUs that multiply bf16 in hardware (AMX, AVX-512 BF16)",
+             _preset(*_MERGED, "to-bf16"), device="cpu", targets=("aoti",), fits=native_bf16_cpu),
     Pipeline("int8-cpu-static", "O2 + static int8 linears (calibrated per-tensor uint8 activations, per-channel int8 weights)",
              _preset(*_FUSIONS, "quantize-int8-static")),
     Pipeline("int8-gpu", "O2 + q/k/v merged + static int8 linears with symmetric int8 activations (TensorRT's Q/DQ form)",
@@ -74,7 +94,7 @@ DEFAULT_PIPELINE = "O2"
 def search_space(device: str) -> tuple[str, ...]:
     """The presets `fxbench optimize --search` tries on `device` (and a plain `fxbench optimize` on
     a CPU): O2 (exact) and those built for it."""
-    return (DEFAULT_PIPELINE, *(p.name for p in PIPELINES.values() if p.device == device))
+    return (DEFAULT_PIPELINE, *(p.name for p in PIPELINES.values() if p.device == device and (p.fits is None or p.fits())))
 
 
 def _name(spec: str) -> str:
