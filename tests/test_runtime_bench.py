@@ -11,9 +11,10 @@ import torch
 from fxbench.errors import UnknownBackendError
 from fxbench.jobs import run_benchmark
 from fxbench.reports import rows
-from fxbench.runtime.backends import Backend, parse_backends, unique_labels
+from fxbench.runtime.backends import BACKENDS, Backend, BackendSpec, parse_backends, register_backend, unique_labels
 from fxbench.runtime.bench import BackendRecord, BenchResult, Measurement, ParityRecord, Shape, best_artifact, shapes_from
 from fxbench.runtime.harness import LatencyStats, Measure, Warmup
+from fxbench.runtime.sessions.base import Bound, Session
 
 QUICK = dict(warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=4), threads=1)
 
@@ -184,3 +185,49 @@ def test_labels_stay_unique_across_folders(tmp_path):
     assert len({b.label for b in unique_labels([Backend("eager"), *backends])}) == 4
     with pytest.raises(UnknownBackendError, match="backend listed twice: ort@model.onnx"):
         parse_backends([f"ort@{tmp_path / 'run1' / 'model.onnx'}"] * 2, device="cpu")
+
+
+class _LetsGo(Session):
+    """The captured program behind a session that lets go of it between its blocks (as the
+    CTranslate2 peer drops its Encoder) and rebuilds it: a run without its resume would fail."""
+
+    log: list[str] = []
+
+    def __init__(self, captured, options):
+        super().__init__(captured.input_names, captured.output_names)
+        self.captured, self.held = captured, [captured.exported.module()]
+
+    def bind(self, inputs):
+        def step():
+            with torch.inference_mode():
+                return self.held[0](**inputs)
+        return Bound(step=step, fetch=lambda: tuple(t.float() for t in step()))
+
+    def suspend(self):
+        self.log.append("suspend")
+        self.held[0] = None
+
+    def resume(self):
+        self.log.append("resume")
+        rebuilt = self.held[0] is None
+        if rebuilt:
+            self.held[0] = self.captured.exported.module()
+        return rebuilt
+
+
+def test_interleaved_rounds_let_a_session_go_between_its_blocks(captured):
+    if "lets-go" not in BACKENDS:
+        register_backend(BackendSpec("lets-go", "the program, let go between its blocks", ("cpu",), _LetsGo))
+    _LetsGo.log.clear()
+    result = run_benchmark(captured("bert"), ["eager", "lets-go"], [Shape(2, 8)], warmup=Warmup(iters=1, seconds=0.0),
+                           measure=Measure(iters=6, rounds=3), threads=1)
+    m = result.measurement("lets-go", Shape(2, 8))
+    assert m.status == "ok" and m.latency.count == 6 and m.parity.passed, m
+    # Let go after the warm-up and after each round's block, taken back before each block and
+    # before the outputs are fetched for the final check.
+    assert _LetsGo.log == ["suspend", *["resume", "suspend"] * 3, "resume"]
+    # One backend after another (rounds=1): nothing is let go.
+    _LetsGo.log.clear()
+    result = run_benchmark(captured("bert"), ["lets-go"], [Shape(2, 8)], warmup=Warmup(iters=1, seconds=0.0), measure=Measure(iters=3, rounds=1),
+                           threads=1)
+    assert result.measurement("lets-go", Shape(2, 8)).status == "ok" and _LetsGo.log == []

@@ -320,6 +320,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+# Untimed runs after a session rebuilt what it let go between rounds (Session.resume).
+_REWARM_RUNS = 3
+
+
 class _ShapeRun:
     """One loaded backend at one shape, from binding its inputs to its Measurement: bind, first call,
     the parity check's first outputs and warm-up; then timed runs, in one go or round by round; then
@@ -355,6 +359,7 @@ class _ShapeRun:
             self.warmup = warm_up(self.bound.step, device=device, warmup=self.settings.warmup, first_call_s=first)
             if self.settings.measure.rounds > 1:
                 self._memory.close()
+                self.session.suspend()
         except Exception as exc:  # noqa: BLE001 - one backend failing at one shape is a result, not a crash
             self._fail(exc)
 
@@ -363,8 +368,14 @@ class _ShapeRun:
             return
         if round_place:
             self.events(self.step, "update", f"round {round_place}")
+        interleaved = self.settings.measure.rounds > 1
         try:
+            if interleaved and self.session.resume():
+                for _ in range(_REWARM_RUNS):
+                    self.bound.step()
             wall, device_times = timed_runs(self.bound.step, device=self.session.device, measure=measure)
+            if interleaved:
+                self.session.suspend()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
             return
@@ -375,6 +386,11 @@ class _ShapeRun:
 
     def finish(self) -> Measurement:
         shape, device = self.shape, self.session.device
+        if self.error is None and self.bound is not None and self.settings.measure.rounds > 1:
+            try:
+                self.session.resume()  # the outputs are fetched (and checked) from a live session
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
         if self.error is None and self.bound is not None and self.warmup is not None:
             try:
                 after = self.bound.fetch()

@@ -80,6 +80,16 @@ class Session(ABC):
             torch.cuda.synchronize()
         return bound.fetch()
 
+    def suspend(self) -> None:
+        """In interleaved rounds, after each of this backend's blocks: let go of what would slow the
+        other backends while this one waits (CTranslate2's live thread pool slows PyTorch in the same
+        process 2.6x). The default holds on to everything."""
+
+    def resume(self) -> bool:
+        """Before each block after the first: take back what `suspend` let go; True when something
+        was rebuilt (the harness then runs it a few times untimed before timing it again)."""
+        return False
+
     def close(self) -> None:
         """Release what the session holds; the default drops nothing but CUDA's cached blocks."""
         if self.device == "cuda" and torch.cuda.is_available():
