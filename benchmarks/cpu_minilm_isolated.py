@@ -31,7 +31,7 @@ def _inputs(threads: int):  # noqa: ANN202 - runs in the child
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(str(demo_model_path()))
-    text = " ".join(SENTENCES)
+    text = " ".join(SENTENCES)  # 128 real tokens, no padding: every backend does the same work
     enc = tok(text, truncation=True, max_length=128, return_tensors="pt")
     assert enc["input_ids"].shape == (1, 128)
     return {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}

@@ -348,6 +348,11 @@ class _ShapeRun:
         self._memory = ExitStack()
         self._probe: Any = None
 
+    @property
+    def interleaved(self) -> bool:
+        """Timed round by round beside the other backends (all loaded at once)."""
+        return self.settings.measure.rounds > 1
+
     def start(self) -> None:
         self.events(self.step, "start", self.place)
         device = self.session.device
@@ -357,7 +362,7 @@ class _ShapeRun:
             first = first_call(self.bound.step, device=device)
             self.before = self.bound.fetch()  # checked before timing, as below; kept to judge after
             self.warmup = warm_up(self.bound.step, device=device, warmup=self.settings.warmup, first_call_s=first)
-            if self.settings.measure.rounds > 1:
+            if self.interleaved:
                 self._memory.close()
                 self.session.suspend()
         except Exception as exc:  # noqa: BLE001 - one backend failing at one shape is a result, not a crash
@@ -368,13 +373,12 @@ class _ShapeRun:
             return
         if round_place:
             self.events(self.step, "update", f"round {round_place}")
-        interleaved = self.settings.measure.rounds > 1
         try:
-            if interleaved and self.session.resume():
+            if self.interleaved and self.session.resume():
                 for _ in range(_REWARM_RUNS):
                     self.bound.step()
             wall, device_times = timed_runs(self.bound.step, device=self.session.device, measure=measure)
-            if interleaved:
+            if self.interleaved:
                 self.session.suspend()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
@@ -386,7 +390,7 @@ class _ShapeRun:
 
     def finish(self) -> Measurement:
         shape, device = self.shape, self.session.device
-        if self.error is None and self.bound is not None and self.settings.measure.rounds > 1:
+        if self.error is None and self.bound is not None and self.interleaved:
             try:
                 self.session.resume()  # the outputs are fetched (and checked) from a live session
             except Exception as exc:  # noqa: BLE001
